@@ -1,0 +1,5 @@
+import sys
+
+from spikecut.pipeline.cli import main
+
+sys.exit(main())

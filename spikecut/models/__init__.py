@@ -1,0 +1,1 @@
+"""Spiking networks: neurons, architectures, conversion, losses, RCS, cutoff rules, checkpoints."""

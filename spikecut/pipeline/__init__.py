@@ -1,0 +1,1 @@
+"""From events to decisions: binning kernels, windowing stage, stepwise runner, sinks, CLI."""
