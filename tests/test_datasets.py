@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import shutil
 import sys
 from pathlib import Path
@@ -348,6 +349,8 @@ def test_dvs_gesture_preset_on_a_fake_folder(tmp_path):
     assert events.dtype == EVENT_DTYPE and events["t"][0] == 0
     assert events["t"][-1] < 1_300_000 and events.size < 400  # first 1.3 s of a 3 s clip
     assert label == int(Path(splits.train.names[0]).stem)
+    # DataLoader workers receive datasets by pickling.
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(splits.train)).load(0), events)
 
 
 def test_ncaltech101_preset_on_a_fake_folder(tmp_path):

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from os import PathLike
@@ -49,11 +49,13 @@ __all__ = [
     "EmulatedDigits",
     "EventDataset",
     "EventFolder",
+    "EventSubset",
     "FramesDataset",
     "RandomTranslate",
     "Splits",
     "TonicDataset",
     "first_per_class",
+    "get_preset",
     "load_splits",
     "stratified_split",
     "translate_events",
@@ -192,7 +194,7 @@ class EventDataset:
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         return self.load(index), int(self.labels[index])
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[np.ndarray, int]]:
         return (self[i] for i in range(len(self)))
 
     def load(self, index: int) -> np.ndarray:
@@ -528,10 +530,12 @@ class TonicDataset(EventDataset):
             raise ConfigError(f"{name}: part must be one of {parts}, got {part!r}")
         class_name, extension = _TONIC_CLASSES[name]
         cls = getattr(_import_tonic_datasets(), class_name)
-        if not download:
-            cls = _offline(cls, name, extension)
         kwargs = {"train": part == "train"} if name == "dvs-gesture" else {}
-        self._tonic = cls(save_to=str(root), **kwargs)
+        if download:
+            self._tonic = cls(save_to=str(root), **kwargs)
+        else:
+            self._tonic = _offline(cls, name, extension)(save_to=str(root), **kwargs)
+            self._tonic.__class__ = cls  # plain tonic again: picklable for DataLoader workers
 
         targets = list(self._tonic.targets)
         if name == "ncaltech101":  # tonic gives class folder names
