@@ -311,10 +311,6 @@ class MqttSink:
             outbox_wait_ms_p99=percentile(waits, 99),
         )
 
-    async def wait_connected(self, timeout_s: float | None = None) -> None:
-        """Wait until the sink holds a live connection (for tests and start-up checks)."""
-        await asyncio.wait_for(self._connected.wait(), timeout_s)
-
     async def __aenter__(self) -> MqttSink:
         if self._task is not None:
             raise SinkError(f"{self.name}: sink is already open")
@@ -322,14 +318,17 @@ class MqttSink:
         self._first_connection = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._run(), name=f"mqtt-sink {self.client_id}")
         if self.settings.require_connection:
+            timeout_s = self.settings.connect_timeout_s
             try:
-                await asyncio.wait_for(
-                    asyncio.shield(self._first_connection), self.settings.connect_timeout_s
-                )
+                # a little longer than the client's own timeout, so its error is the one we see
+                await asyncio.wait_for(asyncio.shield(self._first_connection), timeout_s + 1)
             except (aiomqtt.MqttError, asyncio.TimeoutError) as exc:
                 await self._halt()
-                reason = str(exc) or "no answer within connect_timeout_s"
-                raise SinkError(f"{self.name}: cannot connect to the broker: {reason}") from None
+                reason = str(exc) or "no answer"
+                raise SinkError(
+                    f"{self.name}: cannot connect to the broker: {reason} "
+                    f"(connect_timeout_s={timeout_s:g})"
+                ) from None
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -360,8 +359,11 @@ class MqttSink:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._first_connection is not None and not self._first_connection.done():
-            self._first_connection.cancel()
+        first = self._first_connection
+        if first is not None and first.done() and not first.cancelled():
+            first.exception()  # seen: the caller already reported it (no asyncio warning)
+        elif first is not None:
+            first.cancel()
 
     def _check_open(self) -> None:
         if self._task is None:
@@ -405,7 +407,9 @@ class MqttSink:
             timeout=settings.connect_timeout_s,
             max_inflight_messages=settings.max_inflight,
             tls_context=self._tls_context,
-            logger=log,
+            # paho leaves Nagle on: a lone decision could wait ~40 ms for a delayed TCP ACK
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            logger=log.getChild("paho"),
         )
         client.pending_calls_threshold = settings.max_inflight + 10
         return client
@@ -430,7 +434,6 @@ class MqttSink:
                             len(self._outbox),
                         )
                     attempts, delay_s = 0, settings.backoff_min_s
-                    await client.publish(self.status_topic, ONLINE, qos=1, retain=True)
                     self._connected.set()
                     if not self._first_connection.done():
                         self._first_connection.set_result(None)
@@ -458,7 +461,11 @@ class MqttSink:
             delay_s = min(delay_s * 2, settings.backoff_max_s)
 
     async def _serve(self, client: aiomqtt.Client) -> None:
-        """Send on one connection until it drops (raise MqttError) or the sink stops (return)."""
+        """Send on one connection until it drops (raise MqttError) or the sink stops (return).
+
+        "online" first, then every unacknowledged decision oldest first, at most `max_inflight`
+        awaiting their PUBACK at once; stats whenever the runner reports.
+        """
         self._outbox.begin_connection()
         slots = asyncio.Semaphore(self.settings.max_inflight)
         in_flight: set[asyncio.Task[None]] = set()
@@ -480,6 +487,7 @@ class MqttSink:
                 self._outbox_wait_ms.append((time.monotonic_ns() - message.enqueued_ns) / 1e6)
 
         async def send_decisions() -> None:
+            await client.publish(self.status_topic, ONLINE, qos=1, retain=True, timeout=math.inf)
             while True:
                 await slots.acquire()
                 message_id, message = await self._outbox.next_unsent()
@@ -502,7 +510,9 @@ class MqttSink:
                     self._stats_published += 1
 
         async def watch() -> None:
-            async for _ in client.messages:  # we subscribe to nothing: this ends on disconnect
+            # We subscribe to nothing: this raises MqttError when the connection drops (socket
+            # error or missed keepalive), which no pending publish would ever report.
+            async for _ in client.messages:
                 pass
 
         tasks = [
