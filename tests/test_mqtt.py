@@ -194,17 +194,21 @@ from spikecut.pipeline.decision import Decision
 from spikecut.pipeline.sinks import MqttSink
 
 async def main(url, stream, count):
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    async with MqttSink(url) as sink:
-        print(json.dumps({"client_id": sink.client_id, "status": sink.status_topic}), flush=True)
-        for seq in range(count):
-            await sink.publish(Decision(
-                stream=stream, seq=seq, label=1, label_name="one", gap=1.0, threshold=None,
-                exit="forced", timesteps=4, max_timesteps=4, segment_start_us=0,
-                segment_end_us=1, events=1, synops=0, model="m",
-                window_closed_ns=time.monotonic_ns()))
-        await stop.wait()
+    # Ctrl-C cancels the work; leaving `async with` flushes, says offline and disconnects
+    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, asyncio.current_task().cancel)
+    try:
+        async with MqttSink(url) as sink:
+            hello = {"client_id": sink.client_id, "status": sink.status_topic}
+            print(json.dumps(hello), flush=True)
+            for seq in range(count):
+                await sink.publish(Decision(
+                    stream=stream, seq=seq, label=1, label_name="one", gap=1.0, threshold=None,
+                    exit="forced", timesteps=4, max_timesteps=4, segment_start_us=0,
+                    segment_end_us=1, events=1, synops=0, model="m",
+                    window_closed_ns=time.monotonic_ns()))
+            await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        pass
     counters = sink.counters
     print(json.dumps({k: getattr(counters, k) for k in
                       ("published", "connects", "disconnects", "undelivered")}), flush=True)
@@ -215,7 +219,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 
 class Child:
     """A separate Python process publishing `count` decisions through `MqttSink`, then idling
-    until SIGTERM (clean shutdown) or SIGKILL."""
+    until SIGINT (Ctrl-C: clean shutdown) or SIGKILL."""
 
     def __init__(self, url: str, stream: str, count: int) -> None:
         self.process = subprocess.Popen(
@@ -277,8 +281,8 @@ async def test_two_processes_share_one_broker_without_fighting(mosquitto):
             assert await children[1].stop(signal.SIGKILL) == -signal.SIGKILL
             await until(lambda: collector.statuses(hello[1]["status"])[-1:] == ["offline"])
             assert await retained(mosquitto.port, hello[0]["status"]) == "online"
-            # the survivor was never kicked off and shuts down cleanly on SIGTERM
-            assert await children[0].stop(signal.SIGTERM) == 0
+            # the survivor was never kicked off and shuts down cleanly on Ctrl-C
+            assert await children[0].stop(signal.SIGINT) == 0
             report = await children[0].line()
             assert report == {"published": 20, "connects": 1, "disconnects": 0, "undelivered": 0}
             await until(lambda: collector.statuses(hello[0]["status"]) == ["online", "offline"])

@@ -407,7 +407,8 @@ class MqttSink:
             timeout=settings.connect_timeout_s,
             max_inflight_messages=settings.max_inflight,
             tls_context=self._tls_context,
-            # paho leaves Nagle on: a lone decision could wait ~40 ms for a delayed TCP ACK
+            # paho leaves Nagle on, which can hold a small PUBLISH behind an unacknowledged one
+            # for a delayed-ACK period (~40 ms); brokers want the same (`set_tcp_nodelay true`)
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             logger=log.getChild("paho"),
         )
