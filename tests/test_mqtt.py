@@ -336,6 +336,9 @@ async def test_unreachable_broker_fails_fast_or_keeps_decisions(mosquitto):
     async with sink:
         await sink.publish(make_decision(0))
         await sink.publish(make_decision(1))
+        for _ in range(3):  # only the latest stats per stream wait for a connection
+            await sink.publish_stats(StatsMeter("cam0").snapshot())
+        assert sink.counters.stats_skipped == 2
     assert sink.counters.undelivered == 2  # counted and logged, not silently lost
     with pytest.raises(SinkError, match="not open"):
         await sink.publish(make_decision(2))

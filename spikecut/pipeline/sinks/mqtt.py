@@ -350,7 +350,10 @@ class MqttSink:
             )
 
     async def _halt(self) -> None:
-        """Stop the connection task: clean offline + disconnect if connected; raise its crash."""
+        """Stop the connection task (it says offline and disconnects if connected).
+
+        An unexpected exception that ended the task is raised here.
+        """
         task, self._task = self._task, None
         self._stop.set()
         try:
@@ -507,7 +510,9 @@ class MqttSink:
                 while self._stats:
                     stream = next(iter(self._stats))
                     payload = self._stats.pop(stream)
-                    await client.publish(self.topic(stream, "stats"), payload, qos=0)
+                    await client.publish(
+                        self.topic(stream, "stats"), payload, qos=0, timeout=math.inf
+                    )
                     self._stats_published += 1
 
         async def watch() -> None:
