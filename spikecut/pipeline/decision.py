@@ -34,9 +34,9 @@ every sink of a fan-out; `publish` returns the stamped decision so the runner ca
 The number therefore measures the pipeline: binning, SNN steps, cutoff and hand-over. stdout and
 JSON-lines sinks write inside `publish`, so for them it is the publication time. MQTT puts the
 decision in its outbox inside `publish` and sends it at once when connected; time spent waiting
-in the outbox during a broker outage is not in `latency_ms` (it shows as the distance between
-`decided_at` and arrival, and in the MQTT sink's `outbox_wait_ms`). A decision without
-`window_closed_ns` (e.g. re-read from JSON) keeps the latency it has.
+in the outbox during a broker outage is not in `latency_ms`: it shows as the distance between
+`decided_at` and arrival, and in the MQTT sink's `counters.outbox_wait_ms_p50/p99` (publish to
+PUBACK). A decision without `window_closed_ns` (e.g. re-read from JSON) keeps its latency.
 """
 
 from __future__ import annotations
