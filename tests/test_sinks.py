@@ -15,6 +15,7 @@ from spikecut.pipeline.sinks import (
     JsonlSink,
     MqttSettings,
     MqttSink,
+    SinkCounters,
     StdoutSink,
     TlsOptions,
     open_sink,
@@ -83,7 +84,7 @@ async def test_publish_on_a_closed_sink_is_an_error():
 
 class Broken:
     name = "broken"
-    counters = None
+    counters = SinkCounters()
 
     async def __aenter__(self):
         return self
@@ -107,6 +108,20 @@ async def test_fanout_stamps_once_and_survives_a_failing_sink():
     # both healthy sinks got the decision, with the same latency
     assert first.getvalue() == second.getvalue() != ""
     assert Decision.from_json(first.getvalue()).latency_ms is not None
+    assert fanout.counters.published == 2  # summed over the sinks
+
+
+async def test_fanout_counters_merge_per_stream_drops():
+    offline = MqttSink(
+        "mqtt://127.0.0.1:1/x", outbox_size=1, require_connection=False, flush_timeout_s=0.1
+    )
+    fanout = FanoutSink(StdoutSink(io.StringIO()), offline)
+    async with fanout:
+        for seq in range(3):
+            await fanout.publish(make_decision(seq))
+        counters = fanout.counters
+        assert (counters.published, counters.pending, counters.dropped) == (3, 1, 2)
+        assert counters.dropped_by_stream == {"cam0": 2}
 
 
 async def test_open_sinks_combines_specs(tmp_path):

@@ -149,8 +149,17 @@ class FanoutSink:
 
     @property
     def counters(self) -> SinkCounters:
-        """The first sink's counters; each sink's own are on `sinks[i].counters`."""
-        return self.sinks[0].counters
+        """Counts summed over the sinks, outbox waits of the slowest; `sinks[i].counters` each."""
+        total = SinkCounters()
+        for counters in (sink.counters for sink in self.sinks):
+            for name in SinkCounters.__slots__:
+                mine, theirs = getattr(total, name), getattr(counters, name)
+                if name.startswith("outbox_wait_ms"):
+                    waits = [w for w in (mine, theirs) if w is not None]
+                    setattr(total, name, max(waits) if waits else None)
+                else:
+                    setattr(total, name, mine + theirs)
+        return total
 
     async def __aenter__(self) -> FanoutSink:
         async with contextlib.AsyncExitStack() as stack:
