@@ -250,6 +250,9 @@ class RawTransport(Protocol):
 
     async def connect(self, timeout_s: float) -> _Bytes: ...
 
+    def close(self) -> None:
+        """Release what outlives single connections (called once, when the source closes)."""
+
 
 @dataclass
 class TcpTransport:
@@ -273,11 +276,18 @@ class TcpTransport:
 
         return _StreamBytes(reader, close)
 
+    def close(self) -> None:
+        pass
+
 
 class PipeTransport:
     """A named pipe (FIFO): when its writer closes it, the next writer is a reconnect.
 
-    A regular file or a character device is read once to its end.
+    Each writer gets a freshly opened read end (a FIFO keeps reporting end-of-file on the old
+    one). A second read end stays open for the source's lifetime so that a writer arriving
+    while we reopen neither fails (EPIPE) nor loses what it wrote. A FIFO does not mark where
+    one writer ends and the next begins: a writer that starts before the previous one's end was
+    read is joined to that stream. A regular file or a character device is read once.
     """
 
     def __init__(self, path: str) -> None:
@@ -287,15 +297,23 @@ class PipeTransport:
         except OSError as exc:
             raise ConfigError(f"raw+pipe:{self.path}: {exc.strerror}") from None
         self.reconnectable = stat.S_ISFIFO(mode)
+        self._keeper: int | None = None
 
     async def connect(self, timeout_s: float) -> _Bytes:
         # Non-blocking open returns at once even before a writer appears; reads then wait for
-        # one (Linux reports no EOF on a FIFO that never had a writer).
+        # one (Linux reports no end-of-file on a read end opened after the last writer left).
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+            if self.reconnectable and self._keeper is None:
+                self._keeper = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as exc:
             raise PeerUnavailable(f"cannot open {self.path}: {exc.strerror}") from None
         return await _pipe_bytes(fd)
+
+    def close(self) -> None:
+        if self._keeper is not None:
+            os.close(self._keeper)
+            self._keeper = None
 
 
 @dataclass
@@ -304,6 +322,9 @@ class StdinTransport:
 
     async def connect(self, timeout_s: float) -> _Bytes:
         return await _pipe_bytes(os.dup(sys.stdin.fileno()), shared=True)
+
+    def close(self) -> None:
+        pass
 
 
 # --- the source -----------------------------------------------------------------------------
@@ -450,3 +471,7 @@ class RawStreamSource(LiveSource):
 
     async def _close_connection(self, connection: _Connection) -> None:
         await connection.stream.close()
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        self.transport.close()
