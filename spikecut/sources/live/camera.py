@@ -112,10 +112,10 @@ def discover_cameras(driver: str = "auto") -> Discovery:
     discovery = Discovery()
     for name in ("dv", "nd") if driver == "auto" else (driver,):
         library = _import(name)
-        label = _label(name)
         if library is None:
-            discovery.searched.append(f"{label}: not installed")
+            discovery.searched.append(f"{_LIBRARIES[name][1]}: not installed")
             continue
+        label = _label(name)
         discovery.installed.append(name)
         try:
             found = (_discover_dv if name == "dv" else _discover_nd)(library)
