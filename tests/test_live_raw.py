@@ -115,17 +115,20 @@ async def test_out_of_sensor_backwards_and_clock_reset_within_a_connection():
     events = random_events(10, 64, 48, t0=2_000_000)
     events["x"][2] = 64  # outside
     events["y"][3] = 500  # outside
-    events["t"][6] = events["t"][5] - 7  # jitter back: dropped
+    events["t"][6] = events["t"][5] - 7  # jitter: moved forward to t[5]
+    events["t"][8] = events["t"][7] - 5000  # too far back for jitter: dropped
     tail = random_events(5, 64, 48, t0=100, seed=3)  # a jump back of ~2 s: the clock was reset
     payload = np.concatenate([events, tail]).tobytes()
     async with RawPeer(port, [[payload]], hold=True):
-        uri = f"raw+tcp://127.0.0.1:{port}?format=evt3&width=64&height=48"
+        uri = f"raw+tcp://127.0.0.1:{port}?format=evt3&width=64&height=48&jitter_us=10"
         async with open_uri(uri, decoder=RecordDecoder) as source:
             received = await collect(source, 7 + 5)
-    assert source.stats.dropped_out_of_bounds == 2 and source.stats.dropped_backwards == 1
-    assert source.stats.clock_rebases == 1
+    stats = source.stats
+    assert (stats.dropped_out_of_bounds, stats.dropped_backwards) == (2, 1)
+    assert (stats.clamped_backwards, stats.clock_rebases) == (1, 1)
     assert np.all(np.diff(received["t"]) >= 0)
-    kept = np.delete(events, [2, 3, 6])
+    kept = np.delete(events, [2, 3, 8])
+    kept["t"][4] = kept["t"][3]  # the jittered event (index 6 before the deletions)
     np.testing.assert_array_equal(received[:7], kept)
     assert received["t"][7] == kept["t"][-1]  # the reset continues where the stream was
     np.testing.assert_array_equal(np.diff(received["t"][7:]), np.diff(tail["t"]))
@@ -136,7 +139,7 @@ async def test_backwards_error_policy():
     events = random_events(4, 8, 8, t0=1000)
     events["t"][2] = 990
     async with RawPeer(port, [[events.tobytes()]], hold=True):
-        uri = f"raw+tcp://127.0.0.1:{port}?width=8&height=8&backwards=error"
+        uri = f"raw+tcp://127.0.0.1:{port}?width=8&height=8&backwards=error&jitter_us=0"
         async with open_uri(uri, decoder=RecordDecoder) as source:
             with pytest.raises(EventDataError, match=r"backwards \(\d+ us -> 990 us"):
                 await asyncio.wait_for(source.__anext__(), 10)

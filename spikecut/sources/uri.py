@@ -88,6 +88,7 @@ _LIVE_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
     "max_retries": _optional_int,
     "connect_timeout_s": _float,
     "backwards": _choice("drop", "error"),
+    "jitter_us": _int,
     "clock_reset_us": _int,
     "queue_chunks": _int,
 }

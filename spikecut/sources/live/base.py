@@ -6,14 +6,17 @@ rest of the pipeline before handing them out:
 
 - Events outside the announced sensor are dropped and counted (`dropped_out_of_bounds`); the
   Numba kernels downstream do not bounds-check, so none may get through.
-- Time never goes backwards. An event earlier than one already delivered is dropped and counted
-  (`dropped_backwards`, the default `backwards="drop"`) or, with `backwards="error"`, ends the
-  stream with `EventDataError`. Small steps back are sensor jitter (real EVT3 recordings step back
-  by a few µs); a step back larger than `clock_reset_us` means the peer restarted its clock, and
-  so does any step back across a reconnect: the connection's timestamps are then shifted so the
-  stream continues where it was (plus the wall-clock time spent disconnected), counted in
-  `clock_rebases`. Without that, a restarted camera's events would all be dropped for as long as
-  the previous run lasted.
+- Time never goes backwards. How far an event steps back decides what happens to it, with the
+  same rule as the file readers:
+  - at most `jitter_us` (sensor jitter: Prophesee sensors emit events a few µs out of order):
+    moved forward to the time already delivered, counted in `clamped_backwards`;
+  - further, up to `clock_reset_us`: dropped and counted in `dropped_backwards` (the default
+    `backwards="drop"`), or, with `backwards="error"`, the stream ends with `EventDataError`;
+  - further than `clock_reset_us`, or any step back across a reconnect: the peer restarted its
+    clock. The timestamps from there on are shifted so the stream continues where it was (plus,
+    after a reconnect, the wall-clock time spent disconnected), counted in `clock_rebases`.
+    Without that, a restarted camera's events would all be dropped for as long as the previous
+    run lasted.
 - A full queue blocks the producer (TCP flow control, or the driver's own buffer, then pushes
   back on the peer): nothing received is dropped silently.
 """
@@ -96,6 +99,7 @@ class LiveStats:
     last_gap_s: float | None = None
     dropped_out_of_bounds: int = 0
     dropped_backwards: int = 0
+    clamped_backwards: int = 0
     clock_rebases: int = 0
     device_overflows: int = 0
     last_error: str | None = None
@@ -147,6 +151,7 @@ class LiveSource:
         *,
         policy: ReconnectPolicy | None = None,
         backwards: str = "drop",
+        jitter_us: int = 0,
         clock_reset_us: int = 1_000_000,
         queue_chunks: int = 64,
     ) -> None:
@@ -154,13 +159,17 @@ class LiveSource:
             raise ConfigError(
                 f"option 'backwards' must be one of {BACKWARDS_POLICIES}, got {backwards!r}"
             )
-        if clock_reset_us <= 0:
-            raise ConfigError(f"option 'clock_reset_us' must be > 0, got {clock_reset_us!r}")
+        if not 0 <= jitter_us < clock_reset_us:
+            raise ConfigError(
+                f"options 'jitter_us' ({jitter_us!r}) and 'clock_reset_us' ({clock_reset_us!r}) "
+                "must satisfy 0 <= jitter_us < clock_reset_us"
+            )
         if queue_chunks < 1:
             raise ConfigError(f"option 'queue_chunks' must be >= 1, got {queue_chunks!r}")
         self.name = name
         self.policy = policy or ReconnectPolicy()
         self.backwards = backwards
+        self.jitter_us = int(jitter_us)
         self.clock_reset_us = int(clock_reset_us)
         self.stats = LiveStats()
         self._queue_chunks = queue_chunks
@@ -416,11 +425,21 @@ class LiveSource:
         np.maximum(before, last, out=before)
         back = t < before
         rest = events[:0]
+        retimed = bool(self._offset_us)
         if back.any():
-            reset = np.flatnonzero(before - t > self.clock_reset_us)
+            behind = before - t
+            reset = np.flatnonzero(behind > self.clock_reset_us)
             if reset.size:
                 i = int(reset[0])
-                rest, events, t, back = events[i:], events[:i], t[:i], back[:i]
+                rest, events, t, back, behind = events[i:], events[:i], t[:i], back[:i], behind[:i]
+            jitter = back & (behind <= self.jitter_us)
+            n_jitter = int(np.count_nonzero(jitter))
+            if n_jitter:
+                # Sensor jitter: the event moves forward to the time already delivered.
+                t[jitter] = before[: t.size][jitter]
+                back &= ~jitter
+                self.stats.clamped_backwards += n_jitter
+                retimed = True
             n_back = int(np.count_nonzero(back))
             if n_back and self.backwards == "error":
                 i = int(np.flatnonzero(back)[0])
@@ -437,7 +456,7 @@ class LiveSource:
             # The peer restarted its clock mid-connection: continue right after the last event.
             assert self._last_t is not None
             self._rebase(int(rest["t"][0]) + self._offset_us, self._last_t)
-        if self._offset_us and t.size:
+        if retimed and t.size:
             events = events.copy()
             events["t"] = t
         return events, rest

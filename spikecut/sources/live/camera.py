@@ -35,6 +35,7 @@ from spikecut.errors import ConfigError, SourceUnavailableError
 from spikecut.sources.events import EVENT_DTYPE
 from spikecut.sources.live.base import LiveSource, LiveStats, PeerUnavailable
 from spikecut.sources.live.dv import CAMERA_EXTRA, poll_dv_input
+from spikecut.sources.live.raw import RAW_JITTER_US
 
 #: `driver=` values: "auto" tries dv-processing, then neuromorphic-drivers.
 CAMERA_DRIVERS = ("auto", "dv", "nd")
@@ -183,13 +184,14 @@ class CameraSource(LiveSource):
         name: str | None = None,
         poll_interval_s: float = 0.001,
         iterator_timeout_s: float = 0.05,
+        jitter_us: int = RAW_JITTER_US,
         **options: Any,
     ) -> None:
         if driver not in CAMERA_DRIVERS:
             raise ConfigError(
                 f"camera option 'driver' must be one of {CAMERA_DRIVERS}, got {driver!r}"
             )
-        super().__init__(name or _camera_uri(serial, driver), **options)
+        super().__init__(name or _camera_uri(serial, driver), jitter_us=jitter_us, **options)
         self.serial = serial
         self.driver = driver
         self.poll_interval_s = poll_interval_s

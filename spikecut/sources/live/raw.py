@@ -35,6 +35,9 @@ from spikecut.errors import ConfigError, SourceUnavailableError
 from spikecut.sources.live.base import LiveSource, PeerUnavailable
 
 RAW_FORMATS = ("evt3", "evt2")
+#: Prophesee sensors emit events a few µs out of order; steps back up to this are clamped (the
+#: file readers' rule for RAW files).
+RAW_JITTER_US = 1000
 DEFAULT_READ_SIZE = 1 << 16
 #: A header line longer than this means the stream is not a RAW header at all.
 _MAX_HEADER_LINE = 4096
@@ -351,9 +354,10 @@ class RawStreamSource(LiveSource):
         height: int | None = None,
         decoder: DecoderFactory | None = None,
         read_size: int = DEFAULT_READ_SIZE,
+        jitter_us: int = RAW_JITTER_US,
         **options: Any,
     ) -> None:
-        super().__init__(name, **options)
+        super().__init__(name, jitter_us=jitter_us, **options)
         if format is not None and format not in RAW_FORMATS:
             raise ConfigError(
                 f"{name}: option 'format' must be one of {RAW_FORMATS}, got {format!r}"
