@@ -43,7 +43,8 @@ async def test_header_and_events_survive_any_split():
     port = free_port()
     uri = f"raw+tcp://127.0.0.1:{port}"
     peer = RawPeer(port, [random_pieces(payload, 700)], hold=True)
-    async with peer, open_uri(uri, decoder=RecordDecoder) as source:
+    # A two-chunk queue: the reader waits for the consumer instead of dropping anything.
+    async with peer, open_uri(uri, decoder=RecordDecoder, queue_chunks=2) as source:
         assert source.info == StreamInfo(64, 48, uri, time_origin="sensor", format="evt3")
         received = await collect(source, events.size)
     np.testing.assert_array_equal(received, events)
@@ -160,6 +161,20 @@ async def test_header_contradicting_the_uri_is_refused():
         async with open_uri(uri, decoder=RecordDecoder) as source:
             with pytest.raises(ConfigError, match="width=32 contradicts the stream's header"):
                 await asyncio.wait_for(source.__anext__(), 10)
+
+
+async def test_closing_wakes_a_consumer_waiting_in_another_task():
+    port = free_port()
+    async with RawPeer(port, [[]], hold=True):
+        source = open_uri(f"raw+tcp://127.0.0.1:{port}?format=evt3&width=8&height=8")
+        with pytest.raises(AttributeError, match="known once the source is open"):
+            source.info  # noqa: B018
+        async with source:
+            waiting = asyncio.create_task(collect(source, 1))
+            await asyncio.sleep(0)
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(waiting, 10)
+    assert source.stats.disconnects == 0
 
 
 async def test_silent_peer_times_out_when_the_header_is_needed():

@@ -209,6 +209,8 @@ class LiveSource:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.wait({task})  # unlike `await task`, lets our own cancellation through
+        if self._queue is not None and not self._queue.full():
+            self._queue.put_nowait(_End())  # wakes a consumer waiting in another task
 
     def __aiter__(self) -> LiveSource:
         return self
