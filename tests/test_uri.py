@@ -49,6 +49,14 @@ def test_options_are_typed_from_the_query_and_from_keywords():
     spec = parse_uri("dv://h:1?backoff_s=0.5", backoff_s=0.5, reconnect=False, backwards=None)
     assert spec.options == {"backoff_s": 0.5, "reconnect": False}
     assert parse_uri("file:a.raw?loop=1", speed=2).options == {"loop": True, "speed": 2.0}
+    spec = parse_uri("file:a.es?sensor_size=304x240&format=es&lenient=on", chunk_events=4096)
+    assert spec.options == {
+        "sensor_size": (304, 240),
+        "format": "es",
+        "lenient": True,
+        "chunk_events": 4096,
+    }
+    assert parse_uri("a.es", sensor_size=(304, 240)).options == {"sensor_size": (304, 240)}
 
 
 @pytest.mark.parametrize(
@@ -79,6 +87,7 @@ def test_options_are_typed_from_the_query_and_from_keywords():
         ("dv://h:1?backoff_s=1", {"backoff_s": 2}, "is 1.0 in the URI but 2.0"),
         ("raw+tcp://h:1?decoder=x", {}, "only be passed from Python"),
         ("raw+tcp://h:1", {"decoder": 3}, "must be a callable"),
+        ("file:a.es?sensor_size=304", {}, "must be WIDTHxHEIGHT"),
     ],
 )
 def test_bad_uris_name_the_value_and_what_is_expected(uri, options, message):

@@ -74,6 +74,23 @@ def _choice(*allowed: str) -> Callable[[str, Any], str]:
     return convert
 
 
+def _text(name: str, value: Any) -> str:
+    if isinstance(value, str) and value:
+        return value
+    raise ConfigError(f"option {name!r} must be a non-empty string, got {value!r}")
+
+
+def _size(name: str, value: Any) -> tuple[int, int]:
+    """`WIDTHxHEIGHT` in a query, or a (width, height) pair from Python."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"(\d+)x(\d+)", value.strip().lower())
+        if match:
+            return int(match[1]), int(match[2])
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        return _int(name, value[0]), _int(name, value[1])
+    raise ConfigError(f"option {name!r} must be WIDTHxHEIGHT (e.g. 640x480), got {value!r}")
+
+
 def _callable(name: str, value: Any) -> Any:
     if callable(value):
         return value
@@ -103,7 +120,14 @@ _POLICY_OPTIONS = (
 
 #: Options each scheme accepts, with their converters (strings from a query, or typed values).
 SCHEME_OPTIONS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
-    "file": {"speed": _float, "loop": _bool},
+    "file": {
+        "speed": _float,
+        "loop": _bool,
+        "chunk_events": _int,
+        "lenient": _bool,
+        "format": _text,
+        "sensor_size": _size,
+    },
     "dv": {**_LIVE_OPTIONS, "poll_interval_s": _float},
     "raw": {
         **_LIVE_OPTIONS,
