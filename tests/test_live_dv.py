@@ -58,6 +58,9 @@ async def test_reconnects_with_backoff_when_the_peer_comes_back(tmp_path):
     assert (stats.connects, stats.reconnects, stats.disconnects) == (2, 1, 1)
     assert stats.last_gap_s > 0 and stats.disconnected_s == pytest.approx(stats.last_gap_s)
     assert stats.clock_rebases == 0 and stats.dropped_backwards == 0
+    published = stats.as_dict()
+    assert published["reconnects"] == 1 and published["disconnected_s"] == stats.disconnected_s
+    assert "gap_started" not in published
 
 
 async def test_out_of_sensor_and_backwards_events_are_dropped_and_counted(tmp_path):
