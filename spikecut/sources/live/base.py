@@ -12,11 +12,12 @@ rest of the pipeline before handing them out:
     moved forward to the time already delivered, counted in `clamped_backwards`;
   - further, up to `clock_reset_us`: dropped and counted in `dropped_backwards` (the default
     `backwards="drop"`), or, with `backwards="error"`, the stream ends with `EventDataError`;
-  - further than `clock_reset_us`, or any step back across a reconnect: the peer restarted its
-    clock. The timestamps from there on are shifted so the stream continues where it was (plus,
-    after a reconnect, the wall-clock time spent disconnected), counted in `clock_rebases`.
-    Without that, a restarted camera's events would all be dropped for as long as the previous
-    run lasted.
+  - further than `clock_reset_us` (10 ms by default: far beyond any sensor's disorder), or any
+    step back across a reconnect: the peer restarted its clock (a camera restarted, a player
+    looped its recording). The timestamps from there on are shifted so the stream continues
+    where it was (plus, after a reconnect, the wall-clock time spent disconnected), counted in
+    `clock_rebases`. Dropping instead would lose every event until the new clock passed the
+    old one, which for a looping recording is never.
 - A full queue blocks the producer (TCP flow control, or the driver's own buffer, then pushes
   back on the peer): nothing received is dropped silently.
 """
@@ -152,7 +153,7 @@ class LiveSource:
         policy: ReconnectPolicy | None = None,
         backwards: str = "drop",
         jitter_us: int = 0,
-        clock_reset_us: int = 1_000_000,
+        clock_reset_us: int = 10_000,
         queue_chunks: int = 64,
     ) -> None:
         if backwards not in BACKWARDS_POLICIES:
