@@ -72,14 +72,19 @@ def poll_dv_input(
     stop: threading.Event,
     emit: Callable[[np.ndarray], bool],
     poll_interval_s: float,
+    discard: tuple[Callable[[], Any], ...] = (),
 ) -> None:
     """Worker-thread loop for any dv-processing input (network reader or camera).
 
-    Returns when `stop` is set; raises `PeerUnavailable` when the input stops running (peer
-    gone, camera unplugged).
+    `discard`: getters of the input's other streams (frames, IMU, triggers), emptied on every
+    pass so that what we do not use cannot pile up. Returns when `stop` is set; raises
+    `PeerUnavailable` when the input stops running (peer gone, camera unplugged).
     """
     while not stop.is_set():
         try:
+            for getter in discard:
+                while getter() is not None:
+                    pass
             store = reader.getNextEventBatch()
             running = store is not None or reader.isRunning()
         except RuntimeError as exc:
