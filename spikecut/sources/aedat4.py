@@ -130,13 +130,17 @@ class Aedat4Reader(EventReader):
         self.compression = _COMPRESSION[compression]
         self._packets_start = start + length
         end = table_pos if table_pos >= 0 else self.file_size
-        if not self._packets_start <= end <= self.file_size:
+        if end < self._packets_start:
             raise self._error(
                 CorruptFileError,
-                f"data table position {table_pos} lies outside the packet area",
+                f"data table position {table_pos} lies before the first packet",
                 offset=start,
             )
-        self._packets_end = end
+        # A data table announced past the end means the recording was cut short: read the
+        # packets that are complete, then report the truncation.
+        self._table_missing = end > self.file_size
+        self._table_pos = table_pos
+        self._packets_end = min(end, self.file_size)
         stream = streams[self.stream_id]
         self.sensor_source = stream.get("source", "")
         try:
@@ -174,6 +178,13 @@ class Aedat4Reader(EventReader):
                 )
             yield offset, stream_id, size
             offset += _PACKET.size + size
+        if self._table_missing:
+            raise self._error(
+                TruncatedFileError,
+                f"file ends at byte {self.file_size} but announces its data table at byte "
+                f"{self._table_pos}",
+                offset=self.file_size,
+            )
 
     def _decode(self) -> Iterator[np.ndarray]:
         import aedat

@@ -53,7 +53,17 @@ def _field_names(names: tuple[str, ...]) -> dict[str, str] | None:
 
 
 def _npy_header(file: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """(shape, fortran_order, dtype) of the .npy stream positioned at its magic."""
+    """(shape, fortran_order, dtype) of the .npy stream positioned at its magic; ValueError if
+    the header is damaged."""
+    try:
+        return _parse_npy_header(file)
+    except ValueError:
+        raise
+    except Exception as exc:  # the header is a Python literal: any parse failure is damage
+        raise ValueError(f"unreadable .npy header: {exc}") from exc
+
+
+def _parse_npy_header(file: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
     version = np.lib.format.read_magic(file)
     if version == (1, 0):
         return np.lib.format.read_array_header_1_0(file)
@@ -345,7 +355,7 @@ class Hdf5Reader(_ArrayReader):
         h5py = _import_h5py()
         try:
             self._h5 = h5py.File(self._file, "r")
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RuntimeError) as exc:
             raise self._error(CorruptFileError, f"not a readable HDF5 file: {exc}") from exc
         try:
             group = self._h5.get("events")
@@ -360,7 +370,7 @@ class Hdf5Reader(_ArrayReader):
                 raise ValueError(f"event datasets must be 1-D and of equal length, got {shapes}")
             self._count = next(iter(shapes.values()))[0]
             attrs = {**dict(self._h5.attrs), **dict(group.attrs)}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise self._error(CorruptFileError, str(exc)) from exc
         origin = attrs.get("time_origin")
         self._stored_origin = origin.decode() if isinstance(origin, bytes) else origin
@@ -376,7 +386,7 @@ class Hdf5Reader(_ArrayReader):
         for first in range(0, self._count, step):
             try:
                 yield {k: d[first : first + step] for k, d in self._datasets.items()}
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+            except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
                 raise self._error(
                     CorruptFileError, f"cannot read rows {first}..: {exc}", index=first
                 ) from exc
