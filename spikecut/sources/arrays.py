@@ -506,10 +506,11 @@ class Hdf5Writer(EventWriter):
         self._h5.close()
 
     def _abort(self) -> None:
+        self._closed = True
         h5 = getattr(self, "_h5", None)
         if h5 is not None:
             h5.close()
-        super()._abort()
+            self.path.unlink(missing_ok=True)
 
 
 __all__ = [

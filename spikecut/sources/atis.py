@@ -3,11 +3,12 @@
 Five bytes per event: x, y, (p << 7) | t[22:16], t[15:8], t[7:0]. No header, no magic: a `.bin`
 is recognised by its extension only. Timestamps are 23-bit µs from the start of the recording
 (`time_origin="recording"`); p = 1 is ON. Origin top-left, as tonic and the dataset's own
-loader use it.
+loader use it. As in the dataset authors' loader (and tonic), a record with y == 240 is not an
+event but a timestamp overflow marker that adds 2**13 µs to every later timestamp.
 
-The file declares no sensor size. We take the smallest of the ATIS sensors these datasets use
-that holds every event (34x34 for N-MNIST, 240x180 for N-Caltech101, 304x240 for the full ATIS),
-else 1 + the largest coordinate; `sensor_size=` overrides it.
+The file declares no sensor size. We take the smallest of the ATIS crops these datasets use that
+holds every event (34x34 for N-MNIST, 240x180 for N-Caltech101), else 1 + the largest
+coordinate; `sensor_size=` overrides it.
 """
 
 from __future__ import annotations
@@ -17,31 +18,41 @@ from collections.abc import Iterator
 import numpy as np
 from numba import njit
 
-from spikecut.errors import TruncatedFileError
+from spikecut.errors import EventDataError, TruncatedFileError
 from spikecut.sources.reader import EventReader
 from spikecut.sources.writer import EventWriter
 
-ATIS_SENSORS = ((34, 34), (240, 180), (304, 240))
+ATIS_SENSORS = ((34, 34), (240, 180))
+#: Row number that marks a timestamp overflow instead of an event.
+OVERFLOW_ROW = 240
+OVERFLOW_US = 1 << 13
 _DONE, _FULL = 0, 1
 
 
 @njit(cache=True, nogil=True)
-def _atis_kernel(buf, pos, n_records, out):  # pragma: no cover (compiled)
+def _atis_kernel(buf, pos, n_records, state, out):  # pragma: no cover (compiled)
+    """state[0]: µs added by the overflow markers seen so far."""
     n = 0
     cap = out.size
     status = _DONE
+    added = state[0]
     while pos < n_records:
         if n >= cap:
             status = _FULL
             break
         o = pos * 5
+        pos += 1
+        if buf[o + 1] == OVERFLOW_ROW:
+            added += OVERFLOW_US
+            continue
         b2 = np.int64(buf[o + 2])
-        out[n].t = ((b2 & 0x7F) << 16) | (np.int64(buf[o + 3]) << 8) | np.int64(buf[o + 4])
+        t = ((b2 & 0x7F) << 16) | (np.int64(buf[o + 3]) << 8) | np.int64(buf[o + 4])
+        out[n].t = t + added
         out[n].x = buf[o]
         out[n].y = buf[o + 1]
         out[n].p = b2 >> 7
         n += 1
-        pos += 1
+    state[0] = added
     return pos, n, status
 
 
@@ -63,14 +74,16 @@ class AtisBinReader(EventReader):
         return width, height
 
     def _decode(self) -> Iterator[np.ndarray]:
+        state = np.zeros(1, dtype=np.int64)
         for offset, block in self._blocks(0, 5):
             buf = np.frombuffer(block, dtype=np.uint8)
             n_records = len(block) // 5
             pos = 0
             while pos < n_records:
                 out = self._new_chunk()
-                pos, n, _ = _atis_kernel(buf, pos, n_records, out)
-                yield out[:n]
+                pos, n, _ = _atis_kernel(buf, pos, n_records, state, out)
+                if n:
+                    yield out[:n]
             if len(block) % 5:
                 raise self._error(
                     TruncatedFileError,
@@ -80,8 +93,18 @@ class AtisBinReader(EventReader):
 
 
 class AtisBinWriter(EventWriter):
+    """Coordinates in a byte, rows below 240 (240 marks an overflow), t below 2**23 µs."""
+
     format = "atis_bin"
     max_coordinate = 256
+
+    def _open(self) -> None:
+        if self.info.height > OVERFLOW_ROW:
+            raise EventDataError(
+                f"{self.path}: ATIS .bin rows stop at {OVERFLOW_ROW - 1} (row {OVERFLOW_ROW} marks "
+                f"a timestamp overflow); the sensor height is {self.info.height}"
+            )
+        super()._open()
 
     def _check(self, events: np.ndarray) -> None:
         super()._check(events)

@@ -85,7 +85,7 @@ class EventWriter:
         self._closed = True
         if self._file is not None:
             self._file.close()
-        self.path.unlink(missing_ok=True)
+            self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> EventWriter:
         return self
