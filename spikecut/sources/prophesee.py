@@ -125,7 +125,7 @@ def _evt3_kernel(words, pos, state, out):  # pragma: no cover (compiled)
     y = state[4]
     x_base = state[5]
     polarity = state[6]
-    is_cd = state[7]
+    is_em = state[7]
     n = 0
     cap = out.size
     size = words.size
@@ -147,7 +147,7 @@ def _evt3_kernel(words, pos, state, out):  # pragma: no cover (compiled)
         elif not have_base:
             pass
         elif kind == 0x2:
-            if is_cd:
+            if not is_em:
                 if n >= cap:
                     status = _FULL
                     break
@@ -158,7 +158,7 @@ def _evt3_kernel(words, pos, state, out):  # pragma: no cover (compiled)
                 n += 1
         elif kind == 0x4 or kind == 0x5:
             width = 12 if kind == 0x4 else 8
-            if is_cd:
+            if not is_em:
                 if n + width > cap:
                     status = _FULL
                     break
@@ -173,9 +173,9 @@ def _evt3_kernel(words, pos, state, out):  # pragma: no cover (compiled)
             x_base += width
         elif kind == 0x0:
             y = w & 0x7FF
-            is_cd = 1
+            is_em = 0
         elif kind == 0x1:
-            is_cd = 0
+            is_em = 1
         elif kind == 0x3:
             x_base = w & 0x7FF
             polarity = (w >> 11) & 1
@@ -190,7 +190,7 @@ def _evt3_kernel(words, pos, state, out):  # pragma: no cover (compiled)
     state[4] = y
     state[5] = x_base
     state[6] = polarity
-    state[7] = is_cd
+    state[7] = is_em
     return pos, n, status
 
 
