@@ -108,8 +108,11 @@ def _load(spec: str) -> type:
 def _percent_header_format(path: Path) -> str | None:
     from spikecut.sources.prophesee import raw_header_version
 
-    with open(path, "rb") as file:
-        lines, _ = header_lines(file, b"%", end=b"% end", path=path)
+    try:
+        with open(path, "rb") as file:
+            lines, _ = header_lines(file, b"%", end=b"% end", path=path)
+    except EventFileError:
+        return None  # not a text header after all (e.g. a .bin whose first x is 37)
     version = raw_header_version(lines)
     if version in ("evt2", "evt3"):
         return version
@@ -152,16 +155,15 @@ def detect_format(path: str | Path) -> str:
         found = _percent_header_format(path)
         if found is not None:
             return found
-        if suffix == ".dat":
-            return "dat"
+    for fmt in FORMATS.values():
+        if suffix in fmt.extensions:
+            return fmt.name
+    if head.startswith(b"%"):
         raise UnknownFormatError(
             "a '%' header that names no EVT version and no DAT content; pass format='evt2', "
             "'evt3' or 'dat'",
             path=path,
         )
-    for fmt in FORMATS.values():
-        if suffix in fmt.extensions:
-            return fmt.name
     what = "an empty file" if not head else f"first bytes {head[:12]!r}"
     raise UnknownFormatError(
         f"{what} and extension {suffix or '(none)'!r} match no supported format "

@@ -402,8 +402,12 @@ def _evt3_encode(events, state, out):  # pragma: no cover (compiled)
             out[n] = 0x8000 | ((new_base >> 12) & 0xFFF)
             n += 1
             base = new_base
-            t_cur = new_base
             have = 1
+            # Always follow TIME_HIGH with TIME_LOW, as sensors do (some decoders keep the
+            # previous TIME_LOW across a TIME_HIGH).
+            out[n] = 0x6000 | (t & 0xFFF)
+            n += 1
+            t_cur = t
         if t != t_cur:
             out[n] = 0x6000 | (t & 0xFFF)
             n += 1
@@ -484,7 +488,7 @@ class Evt3Encoder(_WordEncoder):
 
     word_dtype = np.dtype("<u2")
     loop_bits = 24
-    words_per_event = 4
+    words_per_event = 5
 
     @staticmethod
     def _encode(events, state, out):
