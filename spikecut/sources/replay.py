@@ -74,6 +74,9 @@ class FileSource:
             self._owns_reader = True
         #: Number of completed passes over the recording (grows with `loop=True`).
         self.passes = 0
+        #: Paced replays: (recording t in µs, event-loop time in s) of the first event. An event
+        #: at t is due at loop time origin[1] + (t - origin[0]) / (1e6 * speed); see `due_at`.
+        self.origin: tuple[int, float] | None = None
 
     @property
     def info(self) -> StreamInfo:
@@ -84,6 +87,12 @@ class FileSource:
     @property
     def reader(self) -> EventReader | None:
         return self._reader
+
+    def due_at(self, t_us: int) -> float | None:
+        """Event-loop time at which an event at `t_us` is released (paced replays)."""
+        if self.origin is None or self.speed is None:
+            return None
+        return self.origin[1] + (t_us - self.origin[0]) / (1e6 * self.speed)
 
     async def _ensure_open(self) -> EventReader:
         if self._reader is None:
@@ -108,7 +117,7 @@ class FileSource:
     async def _iterate(self) -> AsyncIterator[np.ndarray]:
         opened_here = self._reader is None
         reader = await self._ensure_open()
-        origin: tuple[int, float] | None = None
+        self.origin = None
         offset = 0
         try:
             while True:
@@ -122,9 +131,9 @@ class FileSource:
                     if self.speed is None:
                         yield chunk
                         continue
-                    if origin is None:
-                        origin = (first_t, asyncio.get_running_loop().time())
-                    async for part in self._paced(chunk, origin):
+                    if self.origin is None:
+                        self.origin = (first_t, asyncio.get_running_loop().time())
+                    async for part in self._paced(chunk, self.origin):
                         yield part
                 self.passes += 1
                 if not self.loop or first_t is None:
