@@ -18,9 +18,11 @@ then scan the packets, as `aedat` and dv-processing do).
 
 from __future__ import annotations
 
+import mmap
 import struct
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from typing import Any
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -99,6 +101,7 @@ def _streams(info: str) -> dict[int, dict[str, str]]:
 class Aedat4Reader(EventReader):
     format = "aedat4"
     time_origin = "unix"
+    decodes_in_place = False  # aedat makes the arrays
 
     def _open(self) -> tuple[int, int] | None:
         magic = self._file.read(len(MAGIC))
@@ -141,6 +144,8 @@ class Aedat4Reader(EventReader):
         self._table_missing = end > self.file_size
         self._table_pos = table_pos
         self._packets_end = min(end, self.file_size)
+        # Packet headers are read from a map of the file: no system call per packet.
+        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         stream = streams[self.stream_id]
         self.sensor_source = stream.get("source", "")
         try:
@@ -148,14 +153,26 @@ class Aedat4Reader(EventReader):
         except (KeyError, ValueError):
             return None
 
+    def close(self) -> None:
+        packet_map = getattr(self, "_map", None)
+        if packet_map is not None:
+            packet_map.close()
+        super().close()
+
     def _time_origin(self) -> str:
         origin = self.streams[self.stream_id].get("spikecutTimeOrigin")
         return origin if origin in TIME_ORIGINS else self.time_origin
 
-    def _packets(self) -> Iterator[tuple[int, int, int]]:
-        """(offset, stream id, payload size) of every packet, checked against the file."""
-        offset = self._packets_start
+    def _decode(self) -> Iterator[np.ndarray]:
+        """Walk the packet headers, checking each packet lies inside the file and belongs to a
+        declared stream, and only then let aedat decode it (one aedat packet per header)."""
+        import aedat
+
         end = self._packets_end
+        offset = self._packets_start
+        decoder = None
+        streams, target, step = self.streams, self.stream_id, self.chunk_events
+        unpack, packet_map = _PACKET.unpack_from, self._map
         while offset < end:
             if offset + _PACKET.size > end:
                 raise self._error(
@@ -163,9 +180,8 @@ class Aedat4Reader(EventReader):
                     f"file ends inside a packet header ({end - offset} of 8 bytes)",
                     offset=offset,
                 )
-            self._file.seek(offset)
-            stream_id, size = _PACKET.unpack(self._file.read(_PACKET.size))
-            if stream_id not in self.streams:
+            stream_id, size = unpack(packet_map, offset)
+            if stream_id not in streams:
                 raise self._error(
                     CorruptFileError, f"packet of undeclared stream id {stream_id}", offset=offset
                 )
@@ -176,7 +192,28 @@ class Aedat4Reader(EventReader):
                     f"({end - offset - _PACKET.size} bytes left)",
                     offset=offset,
                 )
-            yield offset, stream_id, size
+            if decoder is None:
+                decoder = self._aedat_decoder(aedat)
+            packet = self._next_packet(decoder, offset)
+            if packet["stream_id"] != stream_id:
+                raise self._error(
+                    CorruptFileError,
+                    f"aedat decoded stream {packet['stream_id']} where the file has stream "
+                    f"{stream_id}",
+                    offset=offset,
+                )
+            if stream_id == target:
+                events = packet.get("events")
+                if events is not None:
+                    if events.dtype.itemsize == EVENT_DTYPE.itemsize:
+                        events = np.frombuffer(events, dtype=EVENT_DTYPE)
+                    else:
+                        events = _from_aedat_layout(events)
+                    if events.size <= step:
+                        yield events
+                    else:
+                        for first in range(0, events.size, step):
+                            yield events[first : first + step]
             offset += _PACKET.size + size
         if self._table_missing:
             raise self._error(
@@ -186,49 +223,25 @@ class Aedat4Reader(EventReader):
                 offset=self.file_size,
             )
 
-    def _decode(self) -> Iterator[np.ndarray]:
-        import aedat
-
-        packets = self._packets()
-        first = next(packets, None)
-        if first is None:
-            return
+    def _aedat_decoder(self, aedat: Any) -> Any:
         try:
-            decoder = aedat.Decoder(str(self.path))
+            return aedat.Decoder(str(self.path))
         except Exception as exc:  # the Rust decoder raises plain exceptions
             raise self._error(CorruptFileError, f"aedat cannot open the file: {exc}") from exc
-        step = self.chunk_events
-        header = first
-        while header is not None:
-            offset, stream_id, _ = header
-            try:
-                packet = next(decoder)
-            except StopIteration:
-                raise self._error(
-                    CorruptFileError, "aedat found no packet here", offset=offset
-                ) from None
-            except BaseException as exc:  # includes pyo3's PanicException
-                if isinstance(exc, (KeyboardInterrupt, SystemExit, SpikecutError)):
-                    raise
-                raise self._error(
-                    CorruptFileError, f"undecodable packet: {exc}", offset=offset
-                ) from exc
-            if packet.get("stream_id") != stream_id:
-                raise self._error(
-                    CorruptFileError,
-                    f"aedat decoded stream {packet.get('stream_id')} where the file has "
-                    f"stream {stream_id}",
-                    offset=offset,
-                )
-            if stream_id == self.stream_id and "events" in packet:
-                events = packet["events"]
-                if events.dtype.itemsize != EVENT_DTYPE.itemsize:
-                    events = _from_aedat_layout(events)
-                else:
-                    events = events.view(EVENT_DTYPE)
-                for first_event in range(0, events.size, step):
-                    yield events[first_event : first_event + step]
-            header = next(packets, None)
+
+    def _next_packet(self, decoder: Any, offset: int) -> dict:
+        try:
+            return next(decoder)
+        except StopIteration:
+            raise self._error(
+                CorruptFileError, "aedat found no packet here", offset=offset
+            ) from None
+        except BaseException as exc:  # includes pyo3's PanicException
+            if isinstance(exc, (KeyboardInterrupt, SystemExit, SpikecutError)):
+                raise
+            raise self._error(
+                CorruptFileError, f"undecodable packet: {exc}", offset=offset
+            ) from exc
 
 
 def _from_aedat_layout(events: np.ndarray) -> np.ndarray:

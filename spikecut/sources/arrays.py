@@ -133,6 +133,7 @@ class _ArrayReader(EventReader):
     """Shared block loop: `_next_block(rows)` returns column dicts until exhausted."""
 
     time_origin = "sensor"
+    decodes_in_place = False  # rows are converted, not decoded into place
     _stored_origin: str | None = None
 
     def _time_origin(self) -> str:

@@ -30,8 +30,12 @@ _DONE, _FULL = 0, 1
 
 
 @njit(cache=True, nogil=True)
-def _atis_kernel(buf, pos, n_records, state, out):  # pragma: no cover (compiled)
+def _atis_kernel(buf, pos, n_records, state, out, track):  # pragma: no cover (compiled)
     """state[0]: µs added by the overflow markers seen so far."""
+    t_hi = track[0]
+    mx = track[1]
+    my = track[2]
+    disorder = track[3]
     n = 0
     cap = out.size
     status = _DONE
@@ -46,19 +50,31 @@ def _atis_kernel(buf, pos, n_records, state, out):  # pragma: no cover (compiled
             added += OVERFLOW_US
             continue
         b2 = np.int64(buf[o + 2])
-        t = ((b2 & 0x7F) << 16) | (np.int64(buf[o + 3]) << 8) | np.int64(buf[o + 4])
-        out[n].t = t + added
-        out[n].x = buf[o]
-        out[n].y = buf[o + 1]
+        t = (((b2 & 0x7F) << 16) | (np.int64(buf[o + 3]) << 8) | np.int64(buf[o + 4])) + added
+        x = np.int64(buf[o])
+        y = np.int64(buf[o + 1])
+        out[n].t = t
+        out[n].x = x
+        out[n].y = y
         out[n].p = b2 >> 7
+        disorder |= t < t_hi  # branch-free: this runs per event
+        t_hi = max(t_hi, t)
+        mx = max(mx, x)
+        my = max(my, y)
         n += 1
     state[0] = added
+    track[0] = t_hi
+    track[1] = mx
+    track[2] = my
+    track[3] = disorder
     return pos, n, status
 
 
 class AtisBinReader(EventReader):
     format = "atis_bin"
     time_origin = "recording"
+    kernel_tracks = True
+    typical_event_bytes = 5
 
     def _open(self) -> tuple[int, int] | None:
         return None
@@ -66,12 +82,11 @@ class AtisBinReader(EventReader):
     def _default_size(self) -> tuple[int, int]:
         return ATIS_SENSORS[0]
 
-    def _prescan_size(self) -> tuple[int, int]:
-        width, height = super()._prescan_size()
-        for size in ATIS_SENSORS:
-            if width <= size[0] and height <= size[1]:
-                return size
-        return width, height
+    def _size_rule(self, max_x: int, max_y: int) -> tuple[int, int]:
+        for width, height in ATIS_SENSORS:
+            if max_x < width and max_y < height:
+                return width, height
+        return max_x + 1, max_y + 1
 
     def _decode(self) -> Iterator[np.ndarray]:
         state = np.zeros(1, dtype=np.int64)
@@ -81,7 +96,7 @@ class AtisBinReader(EventReader):
             pos = 0
             while pos < n_records:
                 out = self._new_chunk()
-                pos, n, _ = _atis_kernel(buf, pos, n_records, state, out)
+                pos, n, _ = _atis_kernel(buf, pos, n_records, state, out, self._track)
                 if n:
                     yield out[:n]
             if len(block) % 5:

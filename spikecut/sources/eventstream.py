@@ -30,7 +30,11 @@ _DONE, _FULL, _PARTIAL = 0, 1, 2
 
 
 @njit(cache=True, nogil=True)
-def _es_dvs_kernel(buf, pos, state, height, out):  # pragma: no cover (compiled)
+def _es_dvs_kernel(buf, pos, state, height, out, track):  # pragma: no cover (compiled)
+    t_hi = track[0]
+    mx = track[1]
+    my = track[2]
+    disorder = track[3]
     t = state[0]
     n = 0
     cap = out.size
@@ -53,20 +57,32 @@ def _es_dvs_kernel(buf, pos, state, height, out):  # pragma: no cover (compiled)
             break
         t += b >> 1
         y_file = np.int64(buf[pos + 3]) | (np.int64(buf[pos + 4]) << 8)
-        out[n].t = t
-        out[n].x = np.int64(buf[pos + 1]) | (np.int64(buf[pos + 2]) << 8)
+        x = np.int64(buf[pos + 1]) | (np.int64(buf[pos + 2]) << 8)
         # A row outside the sensor cannot be turned round: keep it (>= height) for the validator.
-        out[n].y = height - 1 - y_file if y_file < height else y_file
+        y = height - 1 - y_file if y_file < height else y_file
+        out[n].t = t
+        out[n].x = x
+        out[n].y = y
         out[n].p = b & 1
+        disorder |= t < t_hi  # branch-free: this runs per event
+        t_hi = max(t_hi, t)
+        mx = max(mx, x)
+        my = max(my, y)
         n += 1
         pos += 5
     state[0] = t
+    track[0] = t_hi
+    track[1] = mx
+    track[2] = my
+    track[3] = disorder
     return pos, n, status
 
 
 class EventStreamReader(EventReader):
     format = "es"
     time_origin = "recording"
+    kernel_tracks = True
+    typical_event_bytes = 5
 
     def _open(self) -> tuple[int, int] | None:
         head = self._read_exact(0, 16, "Event Stream header")
@@ -104,7 +120,7 @@ class EventStreamReader(EventReader):
             pos = 0
             while True:
                 out = self._new_chunk()
-                pos, n, status = _es_dvs_kernel(buf, pos, state, height, out)
+                pos, n, status = _es_dvs_kernel(buf, pos, state, height, out, self._track)
                 if n:
                     yield out[:n]
                 if status != _FULL:

@@ -65,8 +65,12 @@ CAER_SOURCES = (
 
 
 @njit(cache=True, nogil=True)
-def _jaer_kernel(buf, pos, n_records, record_bytes, layout, width, height, state, out):
+def _jaer_kernel(buf, pos, n_records, record_bytes, layout, width, height, state, out, track):
     """Decode records [pos, n_records) of a big-endian buffer; pos counts records."""
+    t_hi = track[0]
+    mx = track[1]
+    my = track[2]
+    disorder = track[3]
     last = state[0]
     wraps = state[1]
     have = state[2]
@@ -112,22 +116,37 @@ def _jaer_kernel(buf, pos, n_records, record_bytes, layout, width, height, state
             wraps += 1
         last = ts
         have = 1
-        out[n].t = ts + (wraps << 32)
+        t = ts + (wraps << 32)
         # Out-of-sensor raw coordinates cannot be mirrored: keep them raw (>= size) so the
         # validator reports them.
-        out[n].x = width - 1 - x_raw if x_raw < width else x_raw
-        out[n].y = height - 1 - y_raw if y_raw < height else y_raw
+        x = width - 1 - x_raw if x_raw < width else x_raw
+        y = height - 1 - y_raw if y_raw < height else y_raw
+        out[n].t = t
+        out[n].x = x
+        out[n].y = y
         out[n].p = p
+        disorder |= t < t_hi  # branch-free: this runs per event
+        t_hi = max(t_hi, t)
+        mx = max(mx, x)
+        my = max(my, y)
         n += 1
     state[0] = last
     state[1] = wraps
     state[2] = have
+    track[0] = t_hi
+    track[1] = mx
+    track[2] = my
+    track[3] = disorder
     return pos, n, status
 
 
 @njit(cache=True, nogil=True)
-def _caer_polarity_kernel(buf, pos, n_records, overflow, out):  # pragma: no cover
+def _caer_polarity_kernel(buf, pos, n_records, overflow, out, track):  # pragma: no cover
     """Decode little-endian 8-byte polarity events [pos, n_records); skip invalid ones."""
+    t_hi = track[0]
+    mx = track[1]
+    my = track[2]
+    disorder = track[3]
     n = 0
     cap = out.size
     status = _DONE
@@ -152,11 +171,22 @@ def _caer_polarity_kernel(buf, pos, n_records, overflow, out):  # pragma: no cov
         pos += 1
         if not data & 1:
             continue
-        out[n].t = high | ts
-        out[n].x = (data >> 17) & 0x7FFF
-        out[n].y = (data >> 2) & 0x7FFF
+        t = high | ts
+        x = (data >> 17) & 0x7FFF
+        y = (data >> 2) & 0x7FFF
+        out[n].t = t
+        out[n].x = x
+        out[n].y = y
         out[n].p = (data >> 1) & 1
+        disorder |= t < t_hi  # branch-free: this runs per event
+        t_hi = max(t_hi, t)
+        mx = max(mx, x)
+        my = max(my, y)
         n += 1
+    track[0] = t_hi
+    track[1] = mx
+    track[2] = my
+    track[3] = disorder
     return pos, n, status
 
 
@@ -177,6 +207,8 @@ class Aedat2Reader(EventReader):
     """jAER AEDAT 1.0 / 2.0 (see the module docstring for layouts and orientation)."""
 
     format = "aedat2"
+    kernel_tracks = True
+    decode_before_size = False  # mirroring the coordinates needs the size
 
     def _open(self) -> tuple[int, int] | None:
         lines, self._data_offset = header_lines(self._file, b"#", path=self.path)
@@ -201,7 +233,7 @@ class Aedat2Reader(EventReader):
         rec = self._record_bytes
         # While the pre-scan looks for the size, mirror nothing (a raw coordinate is never below
         # 0): 1 + the largest raw coordinate is then the size.
-        info = getattr(self, "info", None)
+        info = self._info
         width, height = (info.width, info.height) if info else (0, 0)
         state = np.zeros(4, dtype=np.int64)
         for offset, block in self._blocks(self._data_offset, rec):
@@ -211,7 +243,7 @@ class Aedat2Reader(EventReader):
             while pos < n_records:
                 out = self._new_chunk()
                 pos, n, _ = _jaer_kernel(
-                    buf, pos, n_records, rec, self._layout, width, height, state, out
+                    buf, pos, n_records, rec, self._layout, width, height, state, out, self._track
                 )
                 if n:
                     yield out[:n]
@@ -228,6 +260,7 @@ class Aedat31Reader(EventReader):
     """cAER AEDAT 3.1 polarity events (see the module docstring)."""
 
     format = "aedat3"
+    kernel_tracks = True
     _HEADER = struct.Struct("<HHIIIIII")
 
     def _open(self) -> tuple[int, int] | None:
@@ -300,7 +333,7 @@ class Aedat31Reader(EventReader):
             pos = 0
             while pos < count:
                 out = self._new_chunk()
-                pos, n, _ = _caer_polarity_kernel(buf, pos, count, overflow, out)
+                pos, n, _ = _caer_polarity_kernel(buf, pos, count, overflow, out, self._track)
                 if n:
                     yield out[:n]
 

@@ -27,7 +27,7 @@ base x and polarity) lives in the decoder between calls.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import ClassVar
 
 import numpy as np
@@ -41,6 +41,7 @@ from spikecut.sources.reader import (
     as_binary,
     concat_chunks,
     header_lines,
+    new_track,
 )
 from spikecut.sources.writer import EventWriter
 
@@ -78,7 +79,11 @@ PROPHESEE_JITTER_US = 1000
 
 
 @njit(cache=True, nogil=True)
-def _evt2_kernel(words, pos, state, out):  # pragma: no cover (compiled)
+def _evt2_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
+    t_hi = track[0]
+    mx = track[1]
+    my = track[2]
+    disorder = track[3]
     base = state[0]
     have_base = state[1]
     loops = state[2]
@@ -94,11 +99,18 @@ def _evt2_kernel(words, pos, state, out):  # pragma: no cover (compiled)
                 if n >= cap:
                     status = _FULL
                     break
-                out[n].t = base + ((w >> 22) & 0x3F)
-                out[n].x = (w >> 11) & 0x7FF
-                out[n].y = w & 0x7FF
+                t = base + ((w >> 22) & 0x3F)
+                x = (w >> 11) & 0x7FF
+                y = w & 0x7FF
+                out[n].t = t
+                out[n].x = x
+                out[n].y = y
                 out[n].p = kind
                 n += 1
+                disorder |= t < t_hi  # branch-free: this runs per event
+                t_hi = max(t_hi, t)
+                mx = max(mx, x)
+                my = max(my, y)
         elif kind == 0x8:
             new_base = ((w & 0x0FFFFFFF) << 6) + loops * _EVT2_LOOP
             if have_base and base > new_base and base - new_base >= _EVT2_LOOP_DROP:
@@ -113,11 +125,19 @@ def _evt2_kernel(words, pos, state, out):  # pragma: no cover (compiled)
     state[0] = base
     state[1] = have_base
     state[2] = loops
+    track[0] = t_hi
+    track[1] = mx
+    track[2] = my
+    track[3] = disorder
     return pos, n, status
 
 
 @njit(cache=True, nogil=True)
-def _evt3_kernel(words, pos, state, out):  # pragma: no cover (compiled)
+def _evt3_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
+    t_hi = track[0]
+    mx = track[1]
+    my = track[2]
+    disorder = track[3]
     base = state[0]
     t = state[1]
     have_base = state[2]
@@ -151,11 +171,16 @@ def _evt3_kernel(words, pos, state, out):  # pragma: no cover (compiled)
                 if n >= cap:
                     status = _FULL
                     break
+                x = w & 0x7FF
                 out[n].t = t
-                out[n].x = w & 0x7FF
+                out[n].x = x
                 out[n].y = y
                 out[n].p = (w >> 11) & 1
                 n += 1
+                disorder |= t < t_hi  # branch-free: this runs per event
+                t_hi = max(t_hi, t)
+                mx = max(mx, x)
+                my = max(my, y)
         elif kind == 0x4 or kind == 0x5:
             width = 12 if kind == 0x4 else 8
             if not is_em:
@@ -163,13 +188,19 @@ def _evt3_kernel(words, pos, state, out):  # pragma: no cover (compiled)
                     status = _FULL
                     break
                 mask = w & ((1 << width) - 1)
-                for i in range(width):
-                    if (mask >> i) & 1:
-                        out[n].t = t
-                        out[n].x = x_base + i
-                        out[n].y = y
-                        out[n].p = polarity
-                        n += 1
+                if mask:
+                    for i in range(width):
+                        if (mask >> i) & 1:
+                            out[n].t = t
+                            out[n].x = x_base + i
+                            out[n].y = y
+                            out[n].p = polarity
+                            n += 1
+                            x = x_base + i  # the largest x of the vector, in the end
+                    disorder |= t < t_hi  # branch-free: this runs per event
+                    t_hi = max(t_hi, t)
+                    mx = max(mx, x)
+                    my = max(my, y)
             x_base += width
         elif kind == 0x0:
             y = w & 0x7FF
@@ -191,42 +222,56 @@ def _evt3_kernel(words, pos, state, out):  # pragma: no cover (compiled)
     state[5] = x_base
     state[6] = polarity
     state[7] = is_em
+    track[0] = t_hi
+    track[1] = mx
+    track[2] = my
+    track[3] = disorder
     return pos, n, status
 
 
 @njit(cache=True, nogil=True)
-def _dat_kernel(words, pos, state, out):  # pragma: no cover (compiled)
+def _dat_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
     """`words` holds (t, data) uint32 pairs; pos counts records. 32-bit t wraps are unrolled."""
+    t_hi = track[0]
+    mx = track[1]
+    my = track[2]
+    disorder = track[3]
     last = state[0]
     wraps = state[1]
-    have = state[2]
     n = 0
-    cap = out.size
     size = words.size // 2
     status = _DONE
-    while pos < size:
-        if n >= cap:
-            status = _FULL
-            break
+    stop = min(size, pos + out.size)
+    if stop < size:
+        status = _FULL
+    while pos < stop:
         t_raw = np.int64(words[2 * pos])
         data = np.int64(words[2 * pos + 1])
         p = data >> 28
         if p > 1:
             status = _BAD
             break
-        if have and t_raw < last and last - t_raw > (1 << 31):
-            wraps += 1
+        wraps += last - t_raw > (1 << 31)  # a drop of more than half the range: a wrap
         last = t_raw
-        have = 1
-        out[n].t = t_raw + (wraps << 32)
-        out[n].x = data & 0x3FFF
-        out[n].y = (data >> 14) & 0x3FFF
+        t = t_raw + (wraps << 32)
+        x = data & 0x3FFF
+        y = (data >> 14) & 0x3FFF
+        out[n].t = t
+        out[n].x = x
+        out[n].y = y
         out[n].p = p
+        disorder |= t < t_hi  # branch-free: this runs per event
+        t_hi = max(t_hi, t)
+        mx = max(mx, x)
+        my = max(my, y)
         n += 1
         pos += 1
     state[0] = last
     state[1] = wraps
-    state[2] = have
+    track[0] = t_hi
+    track[1] = mx
+    track[2] = my
+    track[3] = disorder
     return pos, n, status
 
 
@@ -246,11 +291,14 @@ class _WordDecoder:
         #: Undefined words skipped (strict=False only).
         self.bad_words = 0
         self._state = np.zeros(self.state_size, dtype=np.int64)
+        self._track = new_track()
         self._pending = b""
         self._carry: list[np.ndarray] = []
 
     @staticmethod
-    def _kernel(words: np.ndarray, pos: int, state: np.ndarray, out: np.ndarray):
+    def _kernel(
+        words: np.ndarray, pos: int, state: np.ndarray, out: np.ndarray, track: np.ndarray
+    ) -> tuple[int, int, int]:
         raise NotImplementedError
 
     @property
@@ -285,8 +333,14 @@ class _WordDecoder:
         self,
         data: bytes | bytearray | memoryview | np.ndarray,
         max_events: int = DEFAULT_CHUNK_EVENTS,
+        allocate: Callable[[int], np.ndarray] | None = None,
+        track: np.ndarray | None = None,
     ) -> Iterator[np.ndarray]:
-        """Decode `data`, yielding chunks of at most `max_events` events (bounded memory)."""
+        """Decode `data`, yielding chunks of at most `max_events` events (bounded memory).
+
+        `allocate(n)` provides the output space of each chunk (default: a new array); `track`
+        is an `EventValidator.track` to keep up to date (see `EventValidator.accept`)."""
+        track = self._track if track is None else track
         wb = self.word_dtype.itemsize
         view = as_binary(data)
         if self._pending:
@@ -303,12 +357,13 @@ class _WordDecoder:
         self._pending = bytes(buf[n_words * wb :])
         pos = 0
         while pos < n_words:
-            out = np.empty(max(max_events, 16), dtype=EVENT_DTYPE)
-            new_pos, n, status = self._kernel(words, pos, self._state, out)
+            size = max(max_events, 16)
+            out = np.empty(size, dtype=EVENT_DTYPE) if allocate is None else allocate(size)
+            new_pos, n, status = self._kernel(words, pos, self._state, out, track)
             self.offset += (new_pos - pos) * wb
             pos = new_pos
             if n:
-                yield out[:n] if n > out.size // 2 else out[:n].copy()
+                yield out[:n] if allocate is not None or n > size // 2 else out[:n].copy()
             if status == _BAD:
                 bad = int(words[pos])
                 bad_offset = self.offset
@@ -349,8 +404,8 @@ class Evt2Decoder(_WordDecoder):
     name = "EVT 2.0"
 
     @staticmethod
-    def _kernel(words, pos, state, out):
-        return _evt2_kernel(words, pos, state, out)
+    def _kernel(words, pos, state, out, track):
+        return _evt2_kernel(words, pos, state, out, track)
 
     def _word_type(self, word: int) -> int:
         return word >> 28
@@ -369,8 +424,8 @@ class Evt3Decoder(_WordDecoder):
     name = "EVT 3.0"
 
     @staticmethod
-    def _kernel(words, pos, state, out):
-        return _evt3_kernel(words, pos, state, out)
+    def _kernel(words, pos, state, out, track):
+        return _evt3_kernel(words, pos, state, out, track)
 
     def _word_type(self, word: int) -> int:
         return word >> 12
@@ -568,6 +623,7 @@ class _RawReader(EventReader):
 
     decoder: ClassVar[type[_WordDecoder]]
     jitter_us = PROPHESEE_JITTER_US
+    kernel_tracks = True
 
     def _open(self) -> tuple[int, int] | None:
         lines, self._data_offset = header_lines(self._file, b"%", end=b"% end", path=self.path)
@@ -584,17 +640,19 @@ class _RawReader(EventReader):
     def _decode(self) -> Iterator[np.ndarray]:
         decoder = self.decoder(source=str(self.path), offset=self._data_offset)
         for _, block in self._blocks(self._data_offset, decoder.word_dtype.itemsize):
-            yield from decoder.chunks(block, self.chunk_events)
+            yield from decoder.chunks(block, self.chunk_events, self._new_chunk, self._track)
         decoder.finish()
 
 
 class Evt2Reader(_RawReader):
     format = "evt2"
+    typical_event_bytes = 4
     decoder = Evt2Decoder
 
 
 class Evt3Reader(_RawReader):
     format = "evt3"
+    typical_event_bytes = 2
     decoder = Evt3Decoder
 
 
@@ -605,6 +663,7 @@ class DatReader(EventReader):
 
     format = "dat"
     jitter_us = PROPHESEE_JITTER_US
+    kernel_tracks = True
 
     def _open(self) -> tuple[int, int] | None:
         lines, offset = header_lines(self._file, b"%", end=b"% end", path=self.path)
@@ -620,6 +679,9 @@ class DatReader(EventReader):
         self._data_offset = offset + 2
         self.header = lines
         return _parse_geometry(lines)
+
+    def _capacity_hint(self) -> int:
+        return max((self.file_size - self._data_offset) // 8, 1)
 
     def _decode(self) -> Iterator[np.ndarray]:
         state = np.zeros(4, dtype=np.int64)
@@ -644,7 +706,7 @@ class DatReader(EventReader):
         pos = 0
         while pos < n_records:
             out = self._new_chunk()
-            new_pos, n, status = _dat_kernel(words, pos, state, out)
+            new_pos, n, status = _dat_kernel(words, pos, state, out, self._track)
             pos = new_pos
             if n:
                 yield out[:n]

@@ -40,6 +40,8 @@ BLOCK_BYTES = 1 << 20
 MAX_HEADER_BYTES = 16 << 20
 
 _INT64_MIN = np.iinfo(np.int64).min
+#: Smallest output space handed to a kernel (an EVT 3.0 vector word expands to 12 events).
+_MIN_TAKE = 64
 
 # Error kinds returned by the validation kernel.
 _OK, _OUTSIDE, _BACKWARDS, _POLARITY = 0, 1, 2, 3
@@ -63,9 +65,30 @@ class ReadStats:
 
 @njit(cache=True, nogil=True)
 def _validate(events, width, height, t_last, jitter_us, lenient, counters):  # pragma: no cover
-    """Compact `events` in place; return (kept, t_last, error kind, error index)."""
-    n = 0
-    for i in range(events.size):
+    """Compact `events` in place; return (kept, t_last, error kind, error index).
+
+    counters: dropped outside, dropped backwards, clamped, largest x kept, largest y kept.
+    A read-only scan first: valid chunks (the usual case) are not rewritten."""
+    size = events.size
+    start = size
+    max_x = counters[3]
+    max_y = counters[4]
+    for i in range(size):
+        t = events[i].t
+        x = events[i].x
+        y = events[i].y
+        if x >= width or y >= height or events[i].p > 1 or t < t_last:
+            start = i
+            break
+        t_last = t
+        max_x = max(max_x, x)
+        max_y = max(max_y, y)
+    counters[3] = max_x
+    counters[4] = max_y
+    if start == size:
+        return size, t_last, _OK, -1
+    n = start
+    for i in range(start, size):
         x = events[i].x
         y = events[i].y
         p = events[i].p
@@ -91,8 +114,16 @@ def _validate(events, width, height, t_last, jitter_us, lenient, counters):  # p
         events[n].x = x
         events[n].y = y
         events[n].p = p
+        counters[3] = max(counters[3], x)
+        counters[4] = max(counters[4], y)
         n += 1
     return n, t_last, _OK, -1
+
+
+def new_track() -> np.ndarray:
+    """What a decoding kernel notes about the events it emits, for `EventValidator.accept`:
+    [largest t so far, largest x, largest y, 1 if some t went below the largest t before it]."""
+    return np.array([_INT64_MIN, -1, -1, 0], dtype=np.int64)
 
 
 class EventValidator:
@@ -118,11 +149,46 @@ class EventValidator:
         self.source = source
         self.stats = ReadStats()
         self._t_last = _INT64_MIN
-        self._counters = np.zeros(3, dtype=np.int64)
+        self._counters = np.array([0, 0, 0, -1, -1], dtype=np.int64)
+        #: Kept up to date by decoding kernels while they write a chunk (see `accept`).
+        self.track = new_track()
 
     @property
     def t_last(self) -> int | None:
         return None if self._t_last == _INT64_MIN else int(self._t_last)
+
+    @property
+    def maxima(self) -> tuple[int, int] | None:
+        """Largest x and y among the events kept so far (None before any)."""
+        if self._counters[3] < 0:
+            return None
+        return int(self._counters[3]), int(self._counters[4])
+
+    def accept(self, events: np.ndarray) -> np.ndarray:
+        """Validate a chunk whose decoding kernel noted its events in `self.track`.
+
+        When the kernel saw time never go back and every coordinate inside the sensor, the
+        chunk is valid without a second look at its events (the usual case, and a memory pass
+        saved); otherwise it is checked event by event like `__call__`."""
+        track = self.track
+        n = events.size
+        if (
+            track[3] == 0
+            and track[1] < self.width
+            and track[2] < self.height
+            and (n == 0 or events[n - 1]["t"] == track[0])
+        ):
+            self.stats.decoded += n
+            self.stats.events += n
+            if n:
+                self._t_last = int(track[0])
+                self._counters[3] = track[1]
+                self._counters[4] = track[2]
+            return events
+        try:
+            return self(events)
+        finally:
+            track[:] = (self._t_last, self._counters[3], self._counters[4], 0)
 
     def __call__(self, events: np.ndarray) -> np.ndarray:
         if events.dtype != EVENT_DTYPE:
@@ -182,6 +248,15 @@ class EventReader:
     jitter_us: ClassVar[int] = 0
     #: What t == 0 means for this format (see `StreamInfo`).
     time_origin: ClassVar[str] = "sensor"
+    #: File bytes per event, roughly: sizes read_all's array up front.
+    typical_event_bytes: ClassVar[int] = 8
+    #: Whether decoding works before the sensor size is known (so that a file declaring no size
+    #: can be sized by the events themselves; False where decoding needs the size).
+    decode_before_size: ClassVar[bool] = True
+    #: Whether `_decode` writes into `_new_chunk()` space (else read_all concatenates chunks).
+    decodes_in_place: ClassVar[bool] = True
+    #: Whether `_decode`'s kernels keep `self._track` up to date (see `EventValidator.accept`).
+    kernel_tracks: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -198,29 +273,44 @@ class EventReader:
         self.lenient = lenient
         self.stats = ReadStats()
         self._validator: EventValidator | None = None
+        self._arena: _Arena | _Scratch | None = None
+        self._track = new_track()
         try:
             self._file: BinaryIO = open(self.path, "rb")  # noqa: SIM115 (closed in close())
         except FileNotFoundError as exc:
             raise EventFileError("no such file", path=self.path) from exc
         except IsADirectoryError as exc:
             raise EventFileError("is a directory, not an event file", path=self.path) from exc
+        self._info: StreamInfo | None = None
         try:
             self.file_size = self.path.stat().st_size
             declared = self._open()
             size = sensor_size if sensor_size is not None else declared
-            if size is None:
-                size = self._prescan_size()
-            width, height = (int(v) for v in size)
-            self.info = StreamInfo(
-                width=width,
-                height=height,
-                source=str(self.path),
-                time_origin=self._time_origin(),
-                format=self.format,
-            )
+            if size is not None:
+                self._set_size(size)
+            elif not self.decode_before_size:
+                self._set_size(self._prescan_size())
         except BaseException:
             self.close()
             raise
+
+    @property
+    def info(self) -> StreamInfo:
+        """The stream's metadata. For a file that declares no sensor size, the first access
+        pre-scans the file (read_all instead sizes it from the events it decodes anyway)."""
+        if self._info is None:
+            self._set_size(self._prescan_size())
+        return self._info
+
+    def _set_size(self, size: tuple[int, int]) -> None:
+        width, height = (int(v) for v in size)
+        self._info = StreamInfo(
+            width=width,
+            height=height,
+            source=str(self.path),
+            time_origin=self._time_origin(),
+            format=self.format,
+        )
 
     # --- to be provided by each format -----------------------------------------------------
 
@@ -239,36 +329,66 @@ class EventReader:
         """Sensor size used when the file declares none and holds no events."""
         return (1, 1)
 
+    def _size_rule(self, max_x: int, max_y: int) -> tuple[int, int]:
+        """Sensor size of a file that declares none, from its largest coordinates."""
+        return (max_x + 1, max_y + 1)
+
     # --- shared machinery ------------------------------------------------------------------
 
+    def _size_from(self, maxima: tuple[int, int] | None) -> tuple[int, int]:
+        return self._default_size() if maxima is None else self._size_rule(*maxima)
+
     def _prescan_size(self) -> tuple[int, int]:
-        """1 + the largest coordinate found by a decoding pass (files that declare no size)."""
-        max_x = max_y = -1
+        """Size a file that declares none with a decoding pass into one scratch chunk."""
+        maxima = np.full(2, -1, dtype=np.int64)
+        scratch = _Scratch(self.chunk_events)
+        self._arena = scratch
+        self._track = new_track()
         try:
             for chunk in self._decode():
-                if chunk.size:
-                    max_x = max(max_x, int(chunk["x"].max()))
-                    max_y = max(max_y, int(chunk["y"].max()))
+                _max_xy(chunk, maxima)
         except (TruncatedFileError, CorruptFileError):
             if not self.lenient:
                 raise
-        if max_x < 0:
-            return self._default_size()
-        return (max_x + 1, max_y + 1)
+        finally:
+            self._arena = None
+        return self._size_from(None if maxima[0] < 0 else (int(maxima[0]), int(maxima[1])))
+
+    def read_all(self) -> np.ndarray:
+        """Every event of the file in one array (the whole-file convenience).
+
+        Decoders write straight into that array where they can (no per-chunk arrays to join).
+        A file that declares no sensor size is sized by this same pass instead of a pre-scan:
+        until the end any coordinate fits, and the validator notes the largest ones.
+        """
+        collected: _Arena | _Chunks
+        if self.decodes_in_place:
+            collected = self._arena = _Arena(self._capacity_hint())
+        else:
+            collected = _Chunks()
+        known = self._info
+        try:
+            for chunk in self._validated(1 << 16, 1 << 16) if known is None else self:
+                collected.commit(chunk)
+            chunk = None  # drop the last view so the array can shrink in place
+        finally:
+            self._arena = None
+        if known is None:
+            self._set_size(self._size_from(self._validator.maxima))
+            self._validator.width, self._validator.height = self._info.width, self._info.height
+        return collected.finish()
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        validator = EventValidator(
-            self.info.width,
-            self.info.height,
-            lenient=self.lenient,
-            jitter_us=self.jitter_us,
-            source=str(self.path),
-        )
-        self._validator = validator
-        self.stats = validator.stats
+        return self._validated()
+
+    def _validated(
+        self, width: int | None = None, height: int | None = None
+    ) -> Iterator[np.ndarray]:
+        validator = self._new_validator(width, height)
+        check = validator.accept if self.kernel_tracks else validator
         try:
             for chunk in self._decode():
-                events = validator(chunk)
+                events = check(chunk)
                 if events.size:
                     yield events
         except (TruncatedFileError, CorruptFileError) as exc:
@@ -276,12 +396,18 @@ class EventReader:
                 raise
             self.stats.error = exc
 
-    def read_all(self) -> np.ndarray:
-        """Every event of the file in one array (the whole-file convenience)."""
-        chunks = list(self)
-        if not chunks:
-            return empty_events()
-        return chunks[0].copy() if len(chunks) == 1 else np.concatenate(chunks)
+    def _new_validator(self, width: int | None = None, height: int | None = None) -> EventValidator:
+        validator = EventValidator(
+            self.info.width if width is None else width,
+            self.info.height if height is None else height,
+            lenient=self.lenient,
+            jitter_us=self.jitter_us,
+            source=str(self.path),
+        )
+        self._validator = validator
+        self._track = validator.track
+        self.stats = validator.stats
+        return validator
 
     def close(self) -> None:
         file = getattr(self, "_file", None)
@@ -295,7 +421,7 @@ class EventReader:
         self.close()
 
     def __repr__(self) -> str:
-        info = getattr(self, "info", None)
+        info = getattr(self, "_info", None)
         size = f" {info.width}x{info.height}" if info else ""
         return f"<{type(self).__name__} {self.format}{size} {str(self.path)!r}>"
 
@@ -335,8 +461,93 @@ class EventReader:
             yield offset, data
             offset += len(data)
 
-    def _new_chunk(self) -> np.ndarray:
-        return np.empty(self.chunk_events, dtype=EVENT_DTYPE)
+    def _new_chunk(self, size: int | None = None) -> np.ndarray:
+        """Output space for the next decoded chunk (inside the whole-file array in read_all)."""
+        size = self.chunk_events if size is None else size
+        if self._arena is not None:
+            return self._arena.take(size)
+        return np.empty(size, dtype=EVENT_DTYPE)
+
+    def _capacity_hint(self) -> int:
+        """Expected event count, to size read_all's array (it grows if the guess is short)."""
+        return max(self.file_size // self.typical_event_bytes, 1)
+
+
+@njit(cache=True, nogil=True)
+def _max_xy(events, maxima):  # pragma: no cover (compiled)
+    for i in range(events.size):
+        if events[i].x > maxima[0]:
+            maxima[0] = events[i].x
+        if events[i].y > maxima[1]:
+            maxima[1] = events[i].y
+
+
+class _Scratch:
+    """The same output space for every chunk: for passes that look at events and drop them."""
+
+    def __init__(self, size: int) -> None:
+        self.buf = np.empty(size, dtype=EVENT_DTYPE)
+
+    def take(self, n: int) -> np.ndarray:
+        if n > self.buf.size:
+            self.buf = np.empty(n, dtype=EVENT_DTYPE)
+        return self.buf[:n]
+
+
+class _Arena:
+    """One growing EVENT_DTYPE array that chunks are decoded into, back to back."""
+
+    def __init__(self, capacity: int) -> None:
+        self.buf = np.empty(max(capacity, 1024), dtype=EVENT_DTYPE)
+        self.size = 0
+
+    def take(self, n: int) -> np.ndarray:
+        """Space for up to n events; less when the array is nearly full (kernels stop and ask
+        again when their output is full), so a good size guess never grows the array."""
+        if self.buf.size - self.size < min(n, _MIN_TAKE):
+            self._reserve(n)
+        return self.buf[self.size : self.size + n]
+
+    def _reserve(self, n: int) -> None:
+        if self.size + n > self.buf.size:
+            grown = np.empty(max(self.size + n, 2 * self.buf.size), dtype=EVENT_DTYPE)
+            as_records(grown)[: self.size] = as_records(self.buf)[: self.size]
+            self.buf = grown
+
+    def commit(self, chunk: np.ndarray) -> None:
+        n = chunk.size
+        if n == 0:
+            return
+        here = self.buf.ctypes.data + self.size * EVENT_DTYPE.itemsize
+        if chunk.ctypes.data != here or self.size + n > self.buf.size:
+            # Not decoded in place (e.g. aedat's own arrays): copy it in.
+            self._reserve(n)
+            as_records(self.buf)[self.size : self.size + n] = as_records(chunk)
+        self.size += n
+
+    def finish(self) -> np.ndarray:
+        buf, self.buf = self.buf, None
+        if self.size == 0:
+            return empty_events()
+        try:
+            buf.resize(self.size, refcheck=True)  # realloc: usually no copy
+        except ValueError:  # something still refers to it: copy instead
+            return as_records(buf)[: self.size].copy().view(EVENT_DTYPE)
+        return buf
+
+
+class _Chunks:
+    """Chunks decoded elsewhere (e.g. by aedat), joined once at the end."""
+
+    def __init__(self) -> None:
+        self.chunks: list[np.ndarray] = []
+
+    def commit(self, chunk: np.ndarray) -> None:
+        if chunk.size:
+            self.chunks.append(chunk)
+
+    def finish(self) -> np.ndarray:
+        return concat_chunks(self.chunks)
 
 
 def header_lines(
@@ -374,10 +585,21 @@ def header_lines(
     return lines, offset
 
 
+#: Events as opaque 13-byte records: numpy copies these an order of magnitude faster than
+#: structured arrays (which it copies field by field).
+_RECORD = np.dtype((np.void, EVENT_DTYPE.itemsize))
+
+
+def as_records(events: np.ndarray) -> np.ndarray:
+    return events.view(_RECORD)
+
+
 def concat_chunks(chunks: list[np.ndarray]) -> np.ndarray:
     if not chunks:
         return empty_events()
-    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+    if len(chunks) == 1:
+        return chunks[0]
+    return np.concatenate([as_records(c) for c in chunks]).view(EVENT_DTYPE)
 
 
 def as_binary(data: bytes | bytearray | memoryview | np.ndarray) -> memoryview:
