@@ -57,7 +57,8 @@ class EventWriter:
         events = as_events(np.asarray(events))
         if events.size:
             self._check(events)
-            self._validator(events.copy())
+            # Strict validation with no jitter never modifies the array; it needs a writable one.
+            self._validator(events if events.flags.writeable else events.copy())
             self._write(np.ascontiguousarray(events))
             self.events_written += events.size
 
