@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 
 from spikecut.errors import CorruptFileError, EventDataError, TruncatedFileError
 from spikecut.sources import make_events, open_reader, read_events
-from spikecut.sources.prophesee import Evt2Decoder, Evt2Encoder, Evt3Decoder, Evt3Encoder
+from spikecut.sources.prophesee import (
+    Evt2Decoder,
+    Evt2Encoder,
+    Evt3Decoder,
+    Evt3Encoder,
+    parse_raw_header,
+)
 from spikecut.sources.reader import header_lines
 
 
@@ -199,3 +205,34 @@ def test_reader_refuses_large_steps_back_unless_lenient(tmp_path):
         events = reader.read_all()
         assert reader.stats.dropped_backwards == 1
     assert events["x"].tolist() == [1, 3]
+
+
+def test_raw_header_parsed_incrementally_then_events(real_data):
+    """How a raw+tcp source starts: buffer until the header is complete, then decode."""
+    path = real_data / "prophesee_raw/evt3_gen41_driving.raw"
+    data = path.read_bytes()
+    expected, _ = read_events(path)
+    buffered, header, decoder, parts = b"", None, Evt3Decoder(), []
+    for start in range(0, len(data), 37):  # a peer sending 37-byte pieces
+        piece = data[start : start + 37]
+        if header is None:
+            buffered += piece
+            header = parse_raw_header(buffered)
+            if header is None:
+                continue
+            piece = buffered[header.length :]
+        parts.append(decoder.decode(piece))
+    decoder.finish()
+    assert header.version == "evt3" and header.sensor_size == (1280, 720)
+    assert header.length == len(data) - len(_payload(path))
+    np.testing.assert_array_equal(np.concatenate(parts), expected)
+
+
+def test_raw_header_edge_cases():
+    assert parse_raw_header(b"") is None
+    assert parse_raw_header(b"% evt 3.0\n") is None  # the next byte may be another '%' line
+    header = parse_raw_header(b"% evt 3.0\n% end\n\x00\x80")
+    assert (header.length, header.version, header.sensor_size) == (16, "evt3", None)
+    assert parse_raw_header(b"\x00\x80").length == 0  # no header at all
+    header = parse_raw_header(b"% evt 2.0\r\n% geometry 640x480\r\n\x00")
+    assert header.sensor_size == (640, 480) and header.lines[1] == "% geometry 640x480"

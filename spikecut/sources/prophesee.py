@@ -21,13 +21,36 @@ y down, like our event model. Polarity: CD_ON / bit set = 1.
 The decoders are incremental, for files and live byte streams alike: `Evt3Decoder().decode(b)`
 accepts any split of the byte stream (odd bytes, half words, one byte at a time) and returns the
 events completed so far; all state (partial word, time base and loop count, current y, vector
-base x and polarity) lives in the decoder between calls.
+base x and polarity) lives in the decoder between calls. On a live stream::
+
+    header = None
+    buffered = b""
+    decoder = Evt3Decoder(source="raw+tcp://camera:5000")
+    validator = EventValidator(1280, 720, jitter_us=PROPHESEE_JITTER_US, lenient=True)
+    while data := await stream.read(65536):
+        if header is None:  # a RAW stream may start with the file's `%` header
+            buffered += data
+            header = parse_raw_header(buffered)
+            if header is None:
+                continue  # the header may go on
+            data = buffered[header.length :]
+        try:
+            events = decoder.decode(data)  # a new array, owned by the caller
+        except CorruptFileError as exc:  # an undefined word; nothing is lost:
+            log(exc)  # the events before it come with the next call, which goes on after it
+            continue
+        yield validator(events)  # sensor bounds and time order, jitter clamped
+    decoder.finish()  # TruncatedFileError if the peer stopped in the middle of a word
+
+`decoder.chunks(data, max_events)` yields bounded chunks instead of one array; `reset()`
+starts over (e.g. after a reconnect, since the time base must be re-learnt from a TIME_HIGH).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -37,6 +60,7 @@ from spikecut.errors import CorruptFileError, TruncatedFileError
 from spikecut.sources.events import EVENT_DTYPE
 from spikecut.sources.reader import (
     DEFAULT_CHUNK_EVENTS,
+    MAX_HEADER_BYTES,
     EventReader,
     as_binary,
     concat_chunks,
@@ -603,6 +627,53 @@ def raw_header_version(lines: list[str]) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class RawHeader:
+    """The `%` header of a RAW file or stream."""
+
+    lines: list[str]
+    #: Bytes the header takes, i.e. where the event words start.
+    length: int
+    #: 'evt2', 'evt3', 'evt21', ... as declared, or None.
+    version: str | None
+    #: (width, height) from the geometry lines or the camera plugin, or None.
+    sensor_size: tuple[int, int] | None
+
+
+def parse_raw_header(data: bytes) -> RawHeader | None:
+    """The header at the start of RAW bytes, or None while more bytes could still extend it.
+
+    The header is the leading lines that start with `%` (up to and including `% end` when
+    present); without `% end` it is only known to be complete once the next byte has arrived.
+    Bytes that do not start with `%` have an empty header (length 0).
+    """
+    lines: list[str] = []
+    pos = 0
+    while True:
+        if pos == len(data):
+            return None
+        if data[pos : pos + 1] != b"%":
+            break
+        end = data.find(b"\n", pos)
+        if end < 0:
+            if len(data) - pos > MAX_HEADER_BYTES:
+                raise CorruptFileError(
+                    f"header line longer than {MAX_HEADER_BYTES} bytes", offset=pos
+                )
+            return None
+        line = data[pos:end].rstrip(b"\r").decode("latin-1")
+        lines.append(line)
+        pos = end + 1
+        if line == "% end":
+            break
+    return RawHeader(
+        lines=lines,
+        length=pos,
+        version=raw_header_version(lines),
+        sensor_size=_parse_geometry(lines) or _plugin_size(lines),
+    )
+
+
 def _plugin_size(lines: list[str]) -> tuple[int, int] | None:
     for line in lines:
         body = line[1:].strip().lower()
@@ -790,6 +861,7 @@ class DatWriter(EventWriter):
 
 
 __all__ = [
+    "PROPHESEE_JITTER_US",
     "DatReader",
     "DatWriter",
     "Evt2Decoder",
@@ -800,4 +872,7 @@ __all__ = [
     "Evt3Encoder",
     "Evt3Reader",
     "Evt3Writer",
+    "RawHeader",
+    "parse_raw_header",
+    "raw_header_version",
 ]

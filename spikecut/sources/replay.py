@@ -96,8 +96,19 @@ class FileSource:
 
     async def _ensure_open(self) -> EventReader:
         if self._reader is None:
-            self._reader = await asyncio.to_thread(open_reader, self._path, **self._open_args)
+            self._reader = await asyncio.to_thread(self._open_with_info)
         return self._reader
+
+    def _open_with_info(self) -> EventReader:
+        """Open the file and settle its info (a pre-scan, for files that declare no sensor
+        size), both in the worker thread."""
+        reader = open_reader(self._path, **self._open_args)
+        try:
+            _ = reader.info
+        except BaseException:
+            reader.close()
+            raise
+        return reader
 
     async def __aenter__(self) -> FileSource:
         await self._ensure_open()
