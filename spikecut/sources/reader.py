@@ -17,6 +17,11 @@ Structural damage (truncation, impossible sizes, undecodable words) raises a `Tr
 or `CorruptFileError` naming the byte offset. A strict read delivers every chunk decoded before
 the damage and then raises; a lenient read stops there quietly and keeps the exception in
 `stats.error`.
+
+Speed: our Numba kernels note, while they write a chunk, its largest t, x and y and whether time
+stepped back (`new_track`); a chunk they saw nothing wrong in skips the validator's scan. A
+whole-file `read_all` decodes straight into one growing array, and sizes a file that declares no
+sensor size from that same pass instead of a pre-scan.
 """
 
 from __future__ import annotations
@@ -304,13 +309,16 @@ class EventReader:
 
     def _set_size(self, size: tuple[int, int]) -> None:
         width, height = (int(v) for v in size)
-        self._info = StreamInfo(
-            width=width,
-            height=height,
-            source=str(self.path),
-            time_origin=self._time_origin(),
-            format=self.format,
-        )
+        try:
+            self._info = StreamInfo(
+                width=width,
+                height=height,
+                source=str(self.path),
+                time_origin=self._time_origin(),
+                format=self.format,
+            )
+        except EventDataError as exc:
+            raise EventDataError(f"{self.path}: sensor size {width}x{height}: {exc}") from None
 
     # --- to be provided by each format -----------------------------------------------------
 
