@@ -69,3 +69,7 @@ class CheckpointError(SpikecutError, ValueError):
 
 class ConfigError(SpikecutError, ValueError):
     """An option or URI is invalid; the message names the option and the value."""
+
+
+class ModelInputError(SpikecutError, ValueError):
+    """Frames or a state handed to a network do not match it (shape, sensor size, batch)."""
