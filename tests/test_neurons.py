@@ -127,3 +127,19 @@ def test_calibration_dropout_is_scoped_and_scales():
         calibration_dropout(nn.Linear(2, 2)),
     ):
         pass
+
+
+@pytest.mark.parametrize("config", [DIRECT_LIF, CONVERTED_IF])
+def test_training_and_inference_paths_compute_the_same_spikes(config):
+    """Under autograd the neuron uses the surrogate Function; without it, a cheaper op sequence.
+    Both must produce identical spikes and membranes, or a trained network would act differently
+    when it is deployed."""
+    torch.manual_seed(0)
+    net = single_neuron_net(config)
+    currents = torch.randn(12, 500, 1, 1, 1) * 1.5
+    currents[0, :50] = 1.0  # u = θ exactly at t = 1 for the LIF (v0 = 0)
+    with torch.no_grad():
+        fast = net(currents)
+    slow = net(currents.clone().requires_grad_(True))
+    assert slow.requires_grad
+    assert torch.equal(fast, slow.detach())

@@ -107,7 +107,7 @@ def test_rcs_loss_in_a_direct_training_step():
     with record_activations() as records:
         out = net(x)
     assert len(records) == len(net.neurons) == 2
-    assert records.layers[0].spikes.shape == (6, 4, 12, 17, 17)
+    assert records.layers[0].spikes.shape == (6, 4, 16, 17, 17)
     labels = out[-1].argmax(-1).detach()  # right over the whole tail of ⌊0.3·6⌋ = 1 step
     labels[0] = (labels[0] + 1) % 10  # except sample 0
     mask = snn_correct_mask(out, labels)

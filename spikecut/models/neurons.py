@@ -211,6 +211,8 @@ class SpikingNeuron(nn.Module):
         self.config = config
         self.register_buffer("threshold", torch.tensor(float(config.threshold)))
         self.leak = config.leak
+        # A tensor multiplies faster than a Python float; not saved (it is in the config).
+        self.register_buffer("leak_factor", torch.tensor(self.leak), persistent=False)
         self.soft_reset = config.reset == "soft"
         self.half_init = config.v_init == "half"
         self.scaled_spikes = config.amplitude == "threshold"
@@ -234,9 +236,13 @@ class SpikingNeuron(nn.Module):
     def update(self, v: Tensor | None, current: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One timestep: returns (binary spikes, membrane after reset, next v after the leak)."""
         u = current if v is None else v + current
-        s = spike(u - self.threshold, self.width)
-        u_reset = u - self.threshold * s if self.soft_reset else u * (1.0 - s)
-        v_next = u_reset if self.leak == 1.0 else u_reset * self.leak
+        if u.requires_grad and torch.is_grad_enabled():
+            s = _TriangleSpike.apply(u - self.threshold, self.width)
+            u_reset = u - self.threshold * s if self.soft_reset else u * (1.0 - s)
+        else:  # inference: same values (u ≥ θ ⇔ u − θ ≥ 0 in IEEE arithmetic), fewer ops
+            s = u.clone().ge_(self.threshold)
+            u_reset = u - self.threshold * s if self.soft_reset else u - u * s
+        v_next = u_reset if self.leak == 1.0 else u_reset * self.leak_factor
         return s, u_reset, v_next
 
     def _emit(self, s: Tensor) -> Tensor:
