@@ -31,36 +31,37 @@ def outputs_from(preds_and_gaps, classes=3):
 
 
 # All labels 0. A: right throughout (OCT 1); B: wrong at t=1 (OCT 2); C: wrong at t=2 (OCT 3);
-# D: wrong throughout (OCT forced to T = 3).
+# D: wrong throughout and E: right until it turns wrong at T (both get OCT T = 3).
 SAMPLES = [
     ([0, 0, 0], [5.0, 4.0, 10.0]),
     ([1, 0, 0], [3.0, 1.0, 6.0]),
     ([0, 1, 0], [1.0, 2.0, 2.0]),
     ([1, 1, 1], [0.5, 0.5, 0.5]),
+    ([0, 0, 1], [0.25, 0.25, 0.25]),
 ]
-LABELS = torch.zeros(4, dtype=torch.long)
+LABELS = torch.zeros(5, dtype=torch.long)
 
 
 def test_topk_gap_and_oct():
     y = outputs_from(SAMPLES)
     assert topk_gap(y)[:, 0].tolist() == [5.0, 4.0, 10.0]
     assert topk_gap(torch.tensor([3.0, 7.0, -1.0, 7.0])).item() == 0.0  # ties give a zero gap
-    assert oct_steps(y, LABELS).tolist() == [1, 2, 3, 3]
-    assert accuracy_per_step(y, LABELS).tolist() == [0.5, 0.5, 0.75]
+    assert oct_steps(y, LABELS).tolist() == [1, 2, 3, 3, 3]
+    assert accuracy_per_step(y, LABELS).tolist() == [0.6, 0.6, 0.6]
 
 
 def test_calibration_on_constructed_outputs():
     """max gap = 10 → grid β_m = 0.1·m.
-    t=1: gaps A 5 (OCT ≤ 1), B 3, C 1, D 0.5 (not yet settled): only β ≥ 3 leaves A alone → 3.0.
-    t=2: A 4 and B 1 settled, C 2 and D 0.5 not: β ≥ 2 → 2.0.
-    t=3: every sample counts as settled at T (OCT is forced to T) → 0.0.
+    t=1: gaps A 5 (OCT ≤ 1), B 3, C 1, D 0.5, E 0.25 (not yet settled): only β ≥ 3 leaves A.
+    t=2: A 4 and B 1 settled, C 2, D 0.5, E 0.25 not: β ≥ 2 → 2.0.
+    t=3: every sample counts as settled at T (OCT is T for the wrong ones) → 0.0.
     With ε = 0.5: t=1 needs half the samples above β settled: β = 1.0 keeps {A, B} → 1.0;
-    t=2: at β = 0 two of four are settled → 0.0."""
+    t=2: β = 0.2 keeps all five (2 settled: 0.4), β = 0.3 drops E (2 of 4) → 0.3."""
     y = outputs_from(SAMPLES)
     strict = calibrate_topk(y, LABELS, epsilon=0.0)
     assert strict.beta.tolist() == pytest.approx([3.0, 2.0, 0.0])
     assert strict.grid.shape == (100,) and strict.grid[1].item() == pytest.approx(0.1)
-    assert calibrate_topk(y, LABELS, epsilon=0.5).beta.tolist() == pytest.approx([1.0, 0.0, 0.0])
+    assert calibrate_topk(y, LABELS, epsilon=0.5).beta.tolist() == pytest.approx([1.0, 0.3, 0.0])
     # Bookkeeping: at t=2 no sample has a gap above 4.0 → empty bin → NaN (fails); the last row
     # is forced to 1.
     assert strict.counts[40, 1] == 0 and math.isnan(strict.confidence[40, 1])
@@ -68,7 +69,7 @@ def test_calibration_on_constructed_outputs():
     assert (strict.confidence[-1] == 1).all()
     rule = strict.rule()
     assert rule.beta == pytest.approx([3.0, 2.0, 0.0]) and rule.epsilon == 0.0
-    assert rule.stop_steps(y).tolist() == [1, 3, 3, 3]
+    assert rule.stop_steps(y).tolist() == [1, 3, 3, 3, 3]
 
 
 def test_last_grid_point_always_qualifies():
@@ -137,13 +138,14 @@ def test_should_stop_result():
 
 def test_evaluate_stops_and_oct():
     y = outputs_from(SAMPLES)
-    result = evaluate_stops(y, LABELS, torch.tensor([1, 3, 3, 3]))
-    assert result.correct.tolist() == [True, True, True, False]
-    assert result.accuracy == 0.75 and result.mean_steps == 2.5
-    assert result.reduction == pytest.approx(3 / 2.5)
+    result = evaluate_stops(y, LABELS, torch.tensor([1, 3, 3, 3, 2]))
+    assert result.correct.tolist() == [True, True, True, False, True]
+    assert result.accuracy == 0.8 and result.mean_steps == 2.4
+    assert result.reduction == pytest.approx(3 / 2.4)
     oracle = evaluate_stops(y, LABELS, oct_steps(y, LABELS))
-    assert oracle.accuracy == accuracy_per_step(y, LABELS)[-1].item()  # OCT accuracy = acc at T
-    assert oracle.mean_steps == pytest.approx(9 / 4)
+    # OCT accuracy is the accuracy at T: E, right before T but wrong at T, does not count.
+    assert oracle.accuracy == accuracy_per_step(y, LABELS)[-1].item() == 0.6
+    assert oracle.mean_steps == pytest.approx(12 / 5)
 
 
 def test_rules_round_trip_through_dicts():

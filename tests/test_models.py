@@ -213,7 +213,11 @@ def test_batchnorm_folding_preserves_outputs(name, shape, flavour):
     assert folded.spec["bn_folded"] and not net.spec["bn_folded"]
     x = frames(net.input_shape, steps=3, batch=2, dtype=torch.float64) * 3
     with torch.no_grad():
-        torch.testing.assert_close(folded(x), net(x), rtol=1e-9, atol=1e-9)
+        _, ops_before = net.forward_with_ops(x)  # installs the counting hooks before the copy
+        folded = fold_batchnorm(net)
+        out, ops = folded.forward_with_ops(x)
+        torch.testing.assert_close(out, net(x), rtol=1e-9, atol=1e-9)
+    assert torch.equal(ops.ac, ops_before.ac) and torch.equal(ops.mac, ops_before.mac)
     rebuilt = build_from_spec(folded.spec)
     assert rebuilt.state_dict().keys() == folded.state_dict().keys()
 

@@ -47,11 +47,12 @@ def softmax_entropy(y: Tensor) -> Tensor:
 
 
 def oct_steps(y: Tensor, labels: Tensor) -> Tensor:
-    """Optimal cutoff timestep g per sample: the first t after which argmax Y stays right (T if
-    wrong at T). y [T, N, C] cumulative, labels [N] → [N] int64, 1-based."""
+    """Optimal cutoff timestep g per sample: the first t after which argmax Y stays right, and T
+    for samples wrong at T (so OCT accuracy equals the accuracy at T). y [T, N, C] cumulative,
+    labels [N] → [N] int64, 1-based."""
     correct = y.argmax(dim=-1) == labels.to(y.device)  # [T, N]
-    correct[-1] = True
-    suffix = correct.flip(0).to(torch.int64).cumprod(dim=0).flip(0)  # Π_{t'≥t} c_t'
+    suffix = correct.flip(0).to(torch.int64).cumprod(dim=0).flip(0)  # P_t = Π_{t'≥t} c_t'
+    suffix[-1] = 1  # P_T forced to 1: a sample wrong at T has P_t = 0 for every t < T
     return suffix.argmax(dim=0) + 1
 
 
