@@ -201,6 +201,8 @@ def active_records() -> ActivationRecords | None:
 class SpikingNeuron(nn.Module):
     """An IF/LIF layer. It keeps no membrane between calls (see the module docstring).
 
+    `update(v, current) -> (spikes, membrane after reset, next v)` is the functional form with the
+    state passed explicitly, for use outside a network.
     `threshold` is a buffer, so a converted network stores its per-layer θ = λ in its weights.
     `dropout` > 0 applies inverted dropout to the emitted spikes (calibration only; see
     `calibration_dropout`).
@@ -237,7 +239,7 @@ class SpikingNeuron(nn.Module):
         """One timestep: returns (binary spikes, membrane after reset, next v after the leak)."""
         u = current if v is None else v + current
         if u.requires_grad and torch.is_grad_enabled():
-            s = _TriangleSpike.apply(u - self.threshold, self.width)
+            s = spike(u - self.threshold, self.width)
             u_reset = u - self.threshold * s if self.soft_reset else u * (1.0 - s)
         else:  # inference: same values (u ≥ θ ⇔ u − θ ≥ 0 in IEEE arithmetic), fewer ops
             s = u.clone().ge_(self.threshold)
