@@ -271,3 +271,35 @@ def test_unsized_file_gets_the_same_size_streamed_or_whole(real_data):
     with open_reader(path) as reader:
         assert reader.info == info  # sized by a pre-scan before streaming
         np.testing.assert_array_equal(np.concatenate(list(reader)), whole)
+
+
+def test_streaming_memory_stays_bounded(tmp_path):
+    """Iterating a file holds a block and a chunk at a time, not the file: traced allocations
+    stay far below the size of the file or of its events."""
+    import tracemalloc
+
+    from spikecut.sources import StreamInfo, make_events, write_events
+
+    rng = np.random.default_rng(11)
+    n = 1_500_000
+    events = make_events(
+        np.sort(rng.integers(0, 1 << 28, n)),
+        rng.integers(0, 1280, n),
+        rng.integers(0, 720, n),
+        rng.integers(0, 2, n),
+    )
+    path = tmp_path / "big.raw"
+    write_events(path, events, StreamInfo(1280, 720, "test"))
+    del events
+    assert path.stat().st_size > 8_000_000
+    tracemalloc.start()
+    try:
+        count = 0
+        with open_reader(path, chunk_events=20_000) as reader:
+            for chunk in reader:
+                count += chunk.size
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == n
+    assert peak < 5_000_000  # the file is over 8 MB, its events 19.5 MB
