@@ -2,7 +2,8 @@
 
 The decoder here is a test one (13-byte EVENT_DTYPE records) so that these tests pin down the
 transport, header and reconnect logic on their own; the real EVT3/EVT2 decoders are checked
-end to end against the recordings in test_live_raw_prophesee.py.
+end to end against the recordings in test_live_raw_prophesee.py. The header lines themselves
+are parsed by `spikecut.sources.prophesee.parse_raw_header` (tested with the readers).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from live_peers import (
 
 from spikecut.errors import ConfigError, EventDataError, SourceUnavailableError
 from spikecut.sources.events import StreamInfo
-from spikecut.sources.live.raw import HeaderSplitter, parse_raw_header
+from spikecut.sources.live.raw import read_header
 from spikecut.sources.uri import open_uri
 
 pytestmark = pytest.mark.timeout(60)
@@ -51,37 +52,19 @@ async def test_header_and_events_survive_any_split():
     assert source.stats.bytes == len(payload)
 
 
-async def test_header_split_one_byte_at_a_time():
-    splitter = HeaderSplitter()
-    body = b"".join(splitter.feed(HEADER[i : i + 1]) for i in range(len(HEADER)))
-    assert body == b"" and splitter.header is not None
-    assert (splitter.header.format, splitter.header.width, splitter.header.height) == (
-        "evt3",
-        64,
-        48,
-    )
-    assert splitter.feed(b"\x25\x00tail") == b"\x25\x00tail"  # body bytes pass through
-
-
-@pytest.mark.parametrize(
-    ("lines", "expected"),
-    [
-        (["% evt 3.0", "% plugin_name hal_plugin_gen41_evk3"], ("evt3", 1280, 720)),
-        (["% evt 2.0", "% plugin_name hal_plugin_gen3_fx3"], ("evt2", 640, 480)),
-        (["% geometry 346x260", "% evt 2.0"], ("evt2", 346, 260)),
-        (["% Width 304", "% Height 240"], (None, 304, 240)),
-        (["% Date 2020-09-25"], (None, None, None)),
-    ],
-)
-def test_raw_header_lines(lines, expected):
-    header = parse_raw_header(lines)
-    assert (header.format, header.width, header.height) == expected
+def test_header_is_found_across_any_split():
+    for i in range(len(HEADER)):
+        assert read_header(HEADER[:i]) is None  # it may go on
+    header = read_header(HEADER + b"\x25\x00tail")
+    assert (header.version, header.sensor_size, header.length) == ("evt3", (64, 48), len(HEADER))
 
 
 def test_binary_that_starts_with_a_percent_byte_is_not_a_header():
-    splitter = HeaderSplitter()
-    assert splitter.feed(b"%\x81\x02\x03") == b"%\x81\x02\x03"
-    assert splitter.header is not None and splitter.header.lines == []
+    assert read_header(b"%\x81\x02\x03").length == 0  # an EVT3 word whose low byte is 0x25
+    header = read_header(b"% evt 2.0\n% geometry 8x8\n%\x00\x10\x00\x80")  # no `% end`
+    assert (header.version, header.sensor_size, header.length) == ("evt2", (8, 8), 25)
+    with pytest.raises(ConfigError, match="longer than 4096 bytes"):
+        read_header(b"%" + b"x" * 5000)
 
 
 async def test_reconnects_when_the_peer_restarts_and_rebases_its_clock():
@@ -184,17 +167,6 @@ async def test_silent_peer_times_out_when_the_header_is_needed():
         with pytest.raises(SourceUnavailableError, match="no data within 0.2 s"):
             async with open_uri(uri, decoder=RecordDecoder):
                 pass
-
-
-async def test_without_a_decoder_the_format_decides(monkeypatch):
-    # Until spikecut.sources.prophesee exists, asking for its decoder says so plainly.
-    monkeypatch.setitem(sys.modules, "spikecut.sources.prophesee", None)
-    port = free_port()
-    async with RawPeer(port, [[b"\x00" * 8]], hold=True):
-        uri = f"raw+tcp://127.0.0.1:{port}?format=evt3&width=8&height=8"
-        async with open_uri(uri) as source:
-            with pytest.raises(SourceUnavailableError, match="EVT3 decoder"):
-                await asyncio.wait_for(source.__anext__(), 10)
 
 
 async def test_named_pipe_reconnects_when_a_new_writer_opens_it(tmp_path):

@@ -131,3 +131,21 @@ def test_bad_option_values_are_refused_when_the_source_is_built(tmp_path):
         open_uri("raw+tcp://h:1?width=70000")
     with pytest.raises(ConfigError, match="raw\\+pipe:.*No such file"):
         open_uri(f"raw+pipe:{tmp_path / 'missing'}")
+
+
+async def test_file_uris_replay_through_the_readers(real_data):
+    import numpy as np
+
+    from spikecut.sources import FileSource, read_events
+    from spikecut.sources.uri import open_uri
+
+    path = real_data / "prophesee_raw" / "evt3_gen41_pedestrians_5000ev.raw"
+    expected, info = read_events(path)
+    for uri in (str(path), f"file:{path}", f"file://{path}?chunk_events=1000&speed=1000"):
+        source = open_uri(uri)
+        assert isinstance(source, FileSource) and not source.live
+        async with source:
+            assert (source.info.width, source.info.height) == (info.width, info.height)
+            events = np.concatenate([chunk async for chunk in source])
+        np.testing.assert_array_equal(events, expected)
+    assert source.speed == 1000.0

@@ -6,8 +6,9 @@ polled in a loop, `store.numpy()` per packet: the floor dv-processing itself set
 spikecut's `dv://` source (worker thread, asyncio queue, conversion, bounds and time checks).
 The ratio says what our plumbing costs on top of dv-processing.
 
-raw: a TCP server sends a Prophesee RAW recording's bytes (repeated) to spikecut's `raw+tcp://`
-source; the baseline decodes the same bytes in memory with the same incremental decoder.
+raw: a recording, repeated back to back (timestamps shifted, re-encoded with our EVT encoder),
+is sent by a TCP server to spikecut's `raw+tcp://` source; the baseline decodes the same bytes
+in memory with the same incremental decoder.
 
     python tools/bench_live.py dv --events 2000000 --batch 10000 [--json]
     python tools/bench_live.py raw --file ../shared/data/real/prophesee_raw/evt3_gen41_driving.raw
@@ -155,48 +156,56 @@ def run_dv(args: argparse.Namespace) -> dict:
 
 
 def run_raw(args: argparse.Namespace) -> dict:
-    from spikecut.sources.prophesee import Evt2Decoder, Evt3Decoder
+    from spikecut.sources import prophesee, read_events
 
-    data = Path(args.file).read_bytes()
-    header_end = 0
-    while data.startswith(b"%", header_end):
-        header_end = data.index(b"\n", header_end) + 1
-    header, body = data[:header_end], data[header_end:]
-    fmt = "evt3" if b"evt 3.0" in header else "evt2"
-    decoder_type = Evt3Decoder if fmt == "evt3" else Evt2Decoder
+    recording, info = read_events(args.file)
+    fmt = info.format
+    decoder_type = {"evt3": prophesee.Evt3Decoder, "evt2": prophesee.Evt2Decoder}[fmt]
+    encoder = {"evt3": prophesee.Evt3Encoder, "evt2": prophesee.Evt2Encoder}[fmt]()
+    # A long stream whose clock keeps running: the recording back to back, re-encoded.
+    span = int(recording["t"][-1] - recording["t"][0]) + 1
+    copies = []
+    for i in range(args.repeat):
+        copy = recording.copy()
+        copy["t"] += i * span
+        copies.append(copy)
+    body = encoder.encode(np.concatenate(copies))
+    header = f"% evt {fmt[-1]}.0\n% geometry {info.width}x{info.height}\n% end\n".encode()
+    n_expected = recording.size * args.repeat
+
+    decoder_type().decode(body[: 1 << 16])  # load the compiled kernels outside the timing
     # Baseline: the same incremental decoder on the same bytes, in memory, same read size.
     start = time.perf_counter()
-    n_events = 0
-    for _ in range(args.repeat):
-        decoder = decoder_type()
-        for offset in range(0, len(body), 1 << 16):
-            n_events += decoder.decode(body[offset : offset + (1 << 16)]).size
+    decoder, n_events = decoder_type(), 0
+    for offset in range(0, len(body), 1 << 16):
+        n_events += decoder.decode(body[offset : offset + (1 << 16)]).size
     baseline = n_events / (time.perf_counter() - start)
 
-    async def serve_and_read() -> float:
+    async def serve_and_read() -> tuple[float, int]:
         async def serve(reader, writer):
             writer.write(header)
-            for _ in range(args.repeat):
-                writer.write(body)
+            for offset in range(0, len(body), 1 << 20):
+                writer.write(body[offset : offset + (1 << 20)])
                 await writer.drain()
             writer.close()
 
         server = await asyncio.start_server(serve, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        # Each repeat restarts the recording's clock: rebased, not dropped.
         async with open_uri(f"raw+tcp://127.0.0.1:{port}?reconnect=false") as source:
             received, first = 0, time.perf_counter()
             async for events in source:
                 received += events.size
         server.close()
-        return received / (time.perf_counter() - first)
+        return received / (time.perf_counter() - first), received
 
-    ours = asyncio.run(serve_and_read())
+    ours, received = asyncio.run(serve_and_read())
+    if received != n_expected or n_events != n_expected:
+        raise RuntimeError(f"expected {n_expected} events, got {received} / {n_events}")
     return {
         "mode": "raw",
         "file": str(args.file),
         "format": fmt,
-        "repeat": args.repeat,
+        "events": n_expected,
         "baseline_mev_s": baseline / 1e6,
         "spikecut_mev_s": ours / 1e6,
         "ratio": ours / baseline,

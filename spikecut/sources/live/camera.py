@@ -35,7 +35,7 @@ from spikecut.errors import ConfigError, SourceUnavailableError
 from spikecut.sources.events import EVENT_DTYPE
 from spikecut.sources.live.base import LiveSource, LiveStats, PeerUnavailable
 from spikecut.sources.live.dv import CAMERA_EXTRA, poll_dv_input
-from spikecut.sources.live.raw import RAW_JITTER_US
+from spikecut.sources.live.raw import prophesee_jitter_us
 
 #: `driver=` values: "auto" tries dv-processing, then neuromorphic-drivers.
 CAMERA_DRIVERS = ("auto", "dv", "nd")
@@ -184,13 +184,15 @@ class CameraSource(LiveSource):
         name: str | None = None,
         poll_interval_s: float = 0.001,
         iterator_timeout_s: float = 0.05,
-        jitter_us: int = RAW_JITTER_US,
+        jitter_us: int | None = None,
         **options: Any,
     ) -> None:
         if driver not in CAMERA_DRIVERS:
             raise ConfigError(
                 f"camera option 'driver' must be one of {CAMERA_DRIVERS}, got {driver!r}"
             )
+        if jitter_us is None:  # Prophesee sensors emit events a few µs out of order
+            jitter_us = prophesee_jitter_us()
         super().__init__(name or _camera_uri(serial, driver), jitter_us=jitter_us, **options)
         self.serial = serial
         self.driver = driver
@@ -241,8 +243,18 @@ class CameraSource(LiveSource):
     async def _pump(self, connection: tuple[str, Any]) -> None:
         driver, device = connection
         if driver == "dv":
+            # A DAVIS also streams frames and IMU samples; they are read and dropped.
+            discard = tuple(
+                getter
+                for available, getter in (
+                    (device.isFrameStreamAvailable(), device.getNextFrame),
+                    (device.isImuStreamAvailable(), device.getNextImuBatch),
+                    (device.isTriggerStreamAvailable(), device.getNextTriggerBatch),
+                )
+                if available
+            )
             await self._run_worker(
-                lambda stop, emit: poll_dv_input(device, stop, emit, self.poll_interval_s)
+                lambda stop, emit: poll_dv_input(device, stop, emit, self.poll_interval_s, discard)
             )
         else:
             await self._run_worker(

@@ -6,14 +6,19 @@ a stream incrementally. How a stream announces itself:
 - The URI may say `format=evt3|evt2&width=W&height=H`.
 - The stream may begin with the RAW file's ASCII header (`%` lines, e.g. `% evt 3.0`,
   `% format EVT3;height=720;width=1280`, `% geometry 1280x720`, `% end`), exactly as a `.raw`
-  file does, on every connection. Its values fill in what the URI leaves out; a value both give
-  must agree, or the source refuses the stream (`ConfigError`). When the header names no size,
-  the sensor generation in `% plugin_name` gives it (e.g. gen3 VGA 640x480).
+  file does, on every connection; it is read with the file readers' rules
+  (`spikecut.sources.prophesee`), so the camera plugin named in it gives the size when no
+  geometry line does. Its values fill in what the URI leaves out; a value both give must agree,
+  or the source refuses the stream (`ConfigError`).
 - Without a header, the URI must give all three.
 
-A decoder is created per connection (EVT3 state such as TIME_HIGH does not carry over a
-reconnect); a peer that restarts its camera restarts its clock, which the base class rebases.
-Bytes that do not decode end the stream with the decoder's error rather than being skipped.
+Each connection must start at a word boundary (as a tool writing its output from the start
+does), and gets a fresh decoder (`Evt3Decoder` / `Evt2Decoder`, the readers' incremental
+decoders; EVT3 state such as TIME_HIGH does not carry over a reconnect). Timestamps follow the
+file readers exactly, including their jitter rule (`PROPHESEE_JITTER_US`), so a stream and the
+same bytes read as a file give the same events. A peer that restarts its camera restarts its
+clock, which the base class rebases. Bytes that do not decode end the stream with the decoder's
+`CorruptFileError` (naming the byte offset in the connection) rather than being skipped.
 """
 
 from __future__ import annotations
@@ -22,34 +27,24 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import re
 import stat
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from spikecut.errors import ConfigError, SourceUnavailableError
+from spikecut.errors import ConfigError
 from spikecut.sources.live.base import LiveSource, PeerUnavailable
 
+if TYPE_CHECKING:
+    from spikecut.sources.prophesee import RawHeader
+
 RAW_FORMATS = ("evt3", "evt2")
-#: Prophesee sensors emit events a few µs out of order; steps back up to this are clamped (the
-#: file readers' rule for RAW files).
-RAW_JITTER_US = 1000
 DEFAULT_READ_SIZE = 1 << 16
 #: A header line longer than this means the stream is not a RAW header at all.
 _MAX_HEADER_LINE = 4096
-_MAX_HEADER_BYTES = 1 << 20
-
-#: Sensor size by the sensor generation in a RAW header's `plugin_name`, for headers (like the
-#: real Gen3/Gen4.1 samples) that carry no geometry line.
-_PLUGIN_GEOMETRY = (
-    (re.compile(r"gen3"), (640, 480)),
-    (re.compile(r"gen41|imx636|evk4|evk3_hd"), (1280, 720)),
-    (re.compile(r"genx320|imx8"), (320, 320)),
-)
 
 
 class RawDecoder(Protocol):
@@ -64,122 +59,47 @@ class RawDecoder(Protocol):
 DecoderFactory = Callable[[], RawDecoder]
 
 
-def default_decoder_factory(format: str) -> DecoderFactory:
-    """spikecut's own incremental decoder for `format` (evt3 or evt2)."""
-    try:
-        from spikecut.sources import prophesee
-    except ImportError:
-        raise SourceUnavailableError(
-            f"the incremental {format.upper()} decoder (spikecut.sources.prophesee) is not "
-            "part of this build; pass decoder= to RawStreamSource"
-        ) from None
-    return {"evt3": prophesee.Evt3Decoder, "evt2": prophesee.Evt2Decoder}[format]
+def _prophesee() -> Any:
+    # Imported on use: it loads Numba, which only raw streams need.
+    from spikecut.sources import prophesee
+
+    return prophesee
 
 
-@dataclass
-class RawHeader:
-    """What a RAW `%` header announces; None where it says nothing."""
-
-    format: str | None = None
-    width: int | None = None
-    height: int | None = None
-    lines: list[str] = field(default_factory=list)
+def prophesee_jitter_us() -> int:
+    """How far back a Prophesee timestamp may step as sensor jitter (the file readers' value)."""
+    return int(_prophesee().PROPHESEE_JITTER_US)
 
 
-def parse_raw_header(lines: list[str]) -> RawHeader:
-    header = RawHeader(lines=lines)
-    plugin = None
-    for line in lines:
-        key, _, value = line.lstrip("%").strip().partition(" ")
-        key, value = key.lower(), value.strip()
-        if key == "evt":
-            header.format = {"3.0": "evt3", "2.0": "evt2"}.get(value, f"evt {value}")
-        elif key == "format":
-            name, *params = value.split(";")
-            header.format = name.strip().lower()
-            for param in params:
-                k, _, v = param.partition("=")
-                if k.strip().lower() in ("width", "height") and v.strip().isdigit():
-                    setattr(header, k.strip().lower(), int(v))
-        elif key == "geometry":
-            match = re.fullmatch(r"(\d+)\s*x\s*(\d+)", value)
-            if match:
-                header.width, header.height = int(match[1]), int(match[2])
-        elif key in ("width", "height") and value.isdigit():
-            setattr(header, key, int(value))
-        elif key == "plugin_name":
-            plugin = value.lower()
-    if header.width is None and header.height is None and plugin:
-        for pattern, (width, height) in _PLUGIN_GEOMETRY:
-            if pattern.search(plugin):
-                header.width, header.height = width, height
-                break
-    return header
+_TEXT = frozenset(range(0x20, 0x7F)) | {0x09, 0x0D}
 
 
-class HeaderSplitter:
-    """Separates a stream's leading `%` header lines from the binary data, across any splits."""
+def read_header(buffered: bytes) -> RawHeader | None:
+    """The `%` header at the start of a stream's first bytes, or None while it may go on.
 
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._lines: list[str] = []
-        self.header: RawHeader | None = None  # set once the header is complete
-        self._size = 0
-
-    @property
-    def done(self) -> bool:
-        return self.header is not None
-
-    def feed(self, data: bytes) -> bytes:
-        """Consume `data`; return the part that belongs to the binary body."""
-        if self.header is not None:
-            return data
-        buffer = self._buffer + data
-        while buffer:
-            line_end = _header_line_end(buffer)
-            if line_end is None:  # not (or no longer) a header line: the body starts here
-                return self._finish(buffer)
-            if line_end < 0:  # a header line still arriving
-                if len(buffer) > _MAX_HEADER_LINE:
-                    raise ConfigError(
-                        f"stream header line longer than {_MAX_HEADER_LINE} bytes: "
-                        f"{buffer[:60]!r}...; is this a Prophesee RAW stream?"
-                    )
-                break
-            line = buffer[:line_end].rstrip(b"\r").decode("ascii")
-            buffer = buffer[line_end + 1 :]
-            self._size += line_end + 1
-            self._lines.append(line)
-            if line.strip() == "% end":
-                return self._finish(buffer)
-            if self._size > _MAX_HEADER_BYTES:
-                raise ConfigError(f"stream header exceeds {_MAX_HEADER_BYTES} bytes")
-        self._buffer = buffer
-        return b""
-
-    def _finish(self, body: bytes) -> bytes:
-        self.header = parse_raw_header(self._lines)
-        self._buffer = b""
-        return body
-
-
-_PRINTABLE = frozenset(range(0x20, 0x7F)) | {0x09, 0x0D}
-
-
-def _header_line_end(buffer: bytes) -> int | None:
-    """Index of the newline ending a `%` text line at the start of `buffer`.
-
-    -1: the line is not complete yet; None: `buffer` does not start with a text line, so binary
-    data that happens to begin with 0x25 ('%') is not mistaken for a header.
+    `prophesee.parse_raw_header`, with one more rule that streams need: a line that starts with
+    `%` but holds bytes that are not text is binary data starting with 0x25, not a header line.
+    Without it, one headerless stream in 256 (those whose first byte is 0x25) would lose its
+    first words.
     """
-    if buffer[:1] != b"%":
-        return None
-    for i, byte in enumerate(buffer):
-        if byte == 0x0A:
-            return i
-        if byte not in _PRINTABLE:
+    parse = _prophesee().parse_raw_header
+    pos = 0
+    while buffered[pos : pos + 1] == b"%":
+        end = buffered.find(b"\n", pos)
+        line = buffered[pos : len(buffered) if end < 0 else end]
+        if not _TEXT.issuperset(line):
+            return parse(buffered[:pos] + b"\0")  # the header, if any, ends before this line
+        if end < 0:
+            if len(line) > _MAX_HEADER_LINE:
+                raise ConfigError(
+                    f"stream header line longer than {_MAX_HEADER_LINE} bytes: "
+                    f"{line[:60]!r}...; is this a Prophesee RAW stream?"
+                )
             return None
-    return -1
+        pos = end + 1
+        if line.rstrip(b"\r") == b"% end":
+            break
+    return parse(buffered)
 
 
 # --- byte transports ------------------------------------------------------------------------
@@ -333,12 +253,23 @@ class StdinTransport:
 # --- the source -----------------------------------------------------------------------------
 
 
+def _take_header(connection: _Connection, data: bytes) -> bytes:
+    """Buffer `data` until the connection's header is complete; then return what follows it."""
+    buffered = connection.buffered + data
+    connection.header = read_header(buffered)
+    if connection.header is None:
+        connection.buffered = buffered
+        return b""
+    connection.buffered = b""
+    return buffered[connection.header.length :]
+
+
 @dataclass
 class _Connection:
     stream: _Bytes
-    splitter: HeaderSplitter = field(default_factory=HeaderSplitter)
+    header: RawHeader | None = None  # once complete (empty when the stream has none)
+    buffered: bytes = b""  # read while the header was incomplete, not yet decoded
     decoder: RawDecoder | None = None
-    body: bytes = b""  # read while waiting for the header, not yet decoded
 
 
 class RawStreamSource(LiveSource):
@@ -354,9 +285,11 @@ class RawStreamSource(LiveSource):
         height: int | None = None,
         decoder: DecoderFactory | None = None,
         read_size: int = DEFAULT_READ_SIZE,
-        jitter_us: int = RAW_JITTER_US,
+        jitter_us: int | None = None,
         **options: Any,
     ) -> None:
+        if jitter_us is None:
+            jitter_us = prophesee_jitter_us()
         super().__init__(name, jitter_us=jitter_us, **options)
         if format is not None and format not in RAW_FORMATS:
             raise ConfigError(
@@ -389,7 +322,7 @@ class RawStreamSource(LiveSource):
             if self._info is None and not self._complete():
                 await self._read_header(connection)
             if self._info is None:
-                self._adopt(connection.splitter.header)
+                self._adopt(connection.header)
         except BaseException:
             await connection.stream.close()
             raise
@@ -407,21 +340,22 @@ class RawStreamSource(LiveSource):
             ) from None
 
     async def _fill_header(self, connection: _Connection) -> None:
-        while not connection.splitter.done:
+        while connection.header is None:
             data = await connection.stream.read(self.read_size)
             if not data:
                 raise PeerUnavailable("the peer closed the stream before sending data")
             self.stats.bytes += len(data)
-            connection.body += connection.splitter.feed(data)
+            connection.buffered = _take_header(connection, data)
 
     def _adopt(self, header: RawHeader | None) -> None:
         """Settle format and geometry from the options and, if one arrived, the header."""
         values = {"format": self.format, "width": self.width, "height": self.height}
         if header is not None:
+            width, height = header.sensor_size or (None, None)
             for key, announced in (
-                ("format", header.format),
-                ("width", header.width),
-                ("height", header.height),
+                ("format", header.version),
+                ("width", width),
+                ("height", height),
             ):
                 if announced is None:
                     continue
@@ -448,30 +382,34 @@ class RawStreamSource(LiveSource):
         self.format, self.width, self.height = values["format"], values["width"], values["height"]
         self._announce(self.width, self.height, time_origin="sensor", format=self.format)
 
-    def _new_decoder(self) -> RawDecoder:
+    def _new_decoder(self, header: RawHeader) -> RawDecoder:
         if self._decoder_factory is not None:
             return self._decoder_factory()
-        assert self.format is not None
-        return default_decoder_factory(self.format)()
+        prophesee = _prophesee()
+        decoder_type = {"evt3": prophesee.Evt3Decoder, "evt2": prophesee.Evt2Decoder}
+        # Error offsets count from the start of the connection, header included.
+        return decoder_type[self.format](source=self.name, offset=header.length)
 
     async def _pump(self, connection: _Connection) -> None:
-        pending = connection.body
-        connection.body = b""
+        data, connection.buffered = connection.buffered, b""
         while True:
-            if pending:
-                body = connection.splitter.feed(pending)
-                if connection.splitter.done and connection.decoder is None:
-                    self._adopt(connection.splitter.header)  # checks a reconnect's header too
-                    connection.decoder = self._new_decoder()
-                if body:
-                    assert connection.decoder is not None
-                    events = connection.decoder.decode(body)
-                    if events.size:
-                        await self._emit(events)
-            pending = await connection.stream.read(self.read_size)
-            if not pending:
+            if connection.header is None:
+                data = _take_header(connection, data)
+            if connection.header is not None and connection.decoder is None:
+                self._adopt(connection.header)  # checks a reconnect's header too
+                connection.decoder = self._new_decoder(connection.header)
+            if data:
+                assert connection.decoder is not None
+                events = connection.decoder.decode(data)
+                if events.size:
+                    await self._emit(events)
+            data = await connection.stream.read(self.read_size)
+            if not data:
+                left = getattr(connection.decoder, "pending_bytes", 0)
+                if left:
+                    self.stats.last_error = f"the connection ended inside a word ({left} bytes)"
                 return
-            self.stats.bytes += len(pending)
+            self.stats.bytes += len(data)
 
     async def _close_connection(self, connection: _Connection) -> None:
         await connection.stream.close()
