@@ -142,8 +142,24 @@ async def test_header_contradicting_the_uri_is_refused():
     async with RawPeer(port, [[HEADER, random_events(3, 8, 8).tobytes()]], hold=True):
         uri = f"raw+tcp://127.0.0.1:{port}?format=evt3&width=32&height=48"
         async with open_uri(uri, decoder=RecordDecoder) as source:
-            with pytest.raises(ConfigError, match="width=32 contradicts the stream's header"):
+            with pytest.raises(ConfigError, match="announces width 64, but width is 32"):
                 await asyncio.wait_for(source.__anext__(), 10)
+
+
+async def test_a_peer_that_comes_back_with_another_sensor_is_refused():
+    port = free_port()
+    other = HEADER.replace(b"height=48;width=64", b"height=32;width=32")
+    source = open_uri(f"raw+tcp://127.0.0.1:{port}", **FAST)
+    async with RawPeer(port, [[HEADER, random_events(5, 64, 48).tobytes()]]):
+        await source.__aenter__()
+        await collect(source, 5)
+    try:
+        async with RawPeer(port, [[other]], hold=True):
+            with pytest.raises(ConfigError, match="announces width 32, but width is 64"):
+                await asyncio.wait_for(source.__anext__(), 10)
+    finally:
+        await source.aclose()
+    assert source.stats.reconnects == 1
 
 
 async def test_closing_wakes_a_consumer_waiting_in_another_task():

@@ -361,8 +361,8 @@ class RawStreamSource(LiveSource):
                     continue
                 if values[key] is not None and values[key] != announced:
                     raise ConfigError(
-                        f"{self.name}: option {key}={values[key]} contradicts the stream's "
-                        f"header, which announces {key} {announced}"
+                        f"{self.name}: the stream's header announces {key} {announced}, but "
+                        f"{key} is {values[key]} (from the URI or an earlier connection)"
                     )
                 values[key] = announced
         missing = [key for key in ("width", "height") if values[key] is None]
