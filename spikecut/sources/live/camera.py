@@ -222,14 +222,21 @@ class CameraSource(LiveSource):
             device, size = await asyncio.to_thread(self._open_device, camera)
         except (RuntimeError, IndexError, OSError) as exc:
             raise PeerUnavailable(f"could not open {_describe(camera)}: {exc}") from None
-        if size is None:
-            raise SourceUnavailableError(f"{self.name}: {_describe(camera)} has no event output")
-        if camera.driver == "dv":
-            self._announce(*size, time_origin="unix", format="dv-camera")
-        else:
-            self._announce(*size, time_origin="sensor", format="nd")
+        connection = (camera.driver, device)
+        try:
+            if size is None:
+                raise SourceUnavailableError(
+                    f"{self.name}: {_describe(camera)} has no event output"
+                )
+            if camera.driver == "dv":
+                self._announce(*size, time_origin="unix", format="dv-camera")
+            else:
+                self._announce(*size, time_origin="sensor", format="nd")
+        except BaseException:
+            await self._close_connection(connection)
+            raise
         self.camera = camera
-        return camera.driver, device
+        return connection
 
     def _open_device(self, camera: CameraFound) -> tuple[Any, tuple[int, int] | None]:
         """Open in a worker thread (USB set-up blocks); returns the device and its sensor size."""
