@@ -77,3 +77,7 @@ class SchemaError(SpikecutError, ValueError):
 
 class SinkError(SpikecutError, RuntimeError):
     """A sink cannot deliver: broker unreachable or refusing us, file or stdout not writable."""
+
+
+class ModelInputError(SpikecutError, ValueError):
+    """Frames or a state handed to a network do not match it (shape, sensor size, batch)."""
