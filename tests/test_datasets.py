@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from spikecut.errors import ConfigError, SourceUnavailableError
+from spikecut.sources import read_events
 from spikecut.sources.datasets import (
     PRESETS,
     EmulatedDigits,
@@ -32,7 +33,7 @@ from spikecut.sources.events import EVENT_DTYPE, StreamInfo, check_events, make_
 
 def decode_atis(path: Path) -> tuple[np.ndarray, StreamInfo]:
     """Independent decoder of the 5-byte N-MNIST .bin layout (x, y, p<<7 | t[22:16], t[15:8],
-    t[7:0]); stands in for `read_events` in these tests."""
+    t[7:0]), to cross-check what the datasets get from `read_events`."""
     raw = np.fromfile(path, dtype=np.uint8).reshape(-1, 5).astype(np.int64)
     t = ((raw[:, 2] & 0x7F) << 16) | (raw[:, 3] << 8) | raw[:, 4]
     events = make_events(t, raw[:, 0], raw[:, 1], raw[:, 2] >> 7)
@@ -46,10 +47,6 @@ def encode_atis(events: np.ndarray) -> bytes:
         axis=1,
     )
     return (raw & 0xFF).astype(np.uint8).tobytes()
-
-
-def read_npy(path: Path) -> tuple[np.ndarray, StreamInfo]:
-    return np.load(path), StreamInfo(34, 34, str(path))
 
 
 def count_frames(events: np.ndarray, sensor_size: tuple[int, int, int], bins: int = 5):
@@ -68,7 +65,7 @@ def nmnist_labels(nmnist_1k: Path) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def real_nmnist(nmnist_1k) -> EventFolder:
-    return EventFolder(nmnist_1k, "train", reader=decode_atis)
+    return EventFolder(nmnist_1k, "train")
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +99,7 @@ def test_official_layout_on_a_folder_of_real_files(tmp_path, nmnist_1k):
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(nmnist_1k / "train" / name, target / name)
 
-    train = EventFolder(tmp_path, "train", reader=decode_atis)
+    train = EventFolder(tmp_path, "train")
     assert len(train) == 30 and train.classes == tuple("0123456789")
     for i in range(len(train)):
         path = Path(train.names[i])
@@ -110,7 +107,7 @@ def test_official_layout_on_a_folder_of_real_files(tmp_path, nmnist_1k):
     events, _ = train[3]
     np.testing.assert_array_equal(events, decode_atis(Path(train.names[3]))[0])
 
-    splits = load_splits("nmnist", tmp_path, reader=decode_atis, validation=0.2)
+    splits = load_splits("nmnist", tmp_path, validation=0.2)
     assert len(splits.test) == 10 and all("/Test/" in n for n in splits.test.names)
     assert len(splits.train) + len(splits.validation) == 30 and len(splits.validation) > 0
     assert not set(splits.train.names) & set(splits.validation.names)
@@ -131,7 +128,7 @@ def test_folder_errors_name_the_problem(tmp_path):
 
 
 def test_nmnist_1k_splits_are_stratified_disjoint_and_seeded(nmnist_1k):
-    splits = load_splits("nmnist", nmnist_1k, reader=decode_atis)
+    splits = load_splits("nmnist", nmnist_1k)
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (800, 100, 100)
     names = [set(part.names) for part in (splits.train, splits.validation, splits.test)]
     assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
@@ -140,9 +137,9 @@ def test_nmnist_1k_splits_are_stratified_disjoint_and_seeded(nmnist_1k):
     )
     np.testing.assert_allclose(np.bincount(splits.test.labels), all_counts * 0.1, atol=0.51)
     assert splits.summary()["test"] == 100 and "seed 0" in splits.description
-    again = load_splits("nmnist", nmnist_1k, reader=decode_atis)
+    again = load_splits("nmnist", nmnist_1k)
     assert again.test.names == splits.test.names
-    other = load_splits("nmnist", nmnist_1k, reader=decode_atis, seed=1)
+    other = load_splits("nmnist", nmnist_1k, seed=1)
     assert other.test.names != splits.test.names
 
 
@@ -242,17 +239,22 @@ def test_emulated_digits_look_like_real_nmnist(digits, real_nmnist):
         check_events(sample, 34, 34)
 
 
-def test_written_recordings_read_back_as_a_folder(tmp_path, digits):
+def test_written_recordings_read_back_as_a_folder_and_replay_as_files(tmp_path, digits):
     subset = digits.subset([5, 0, 9])
     out = write_recordings(subset, tmp_path / "digits")
-    assert (out / "labels.tsv").read_text().splitlines()[0] == f"00001.npy\t{digits.labels[5]}"
-    folder = EventFolder(out, reader=read_npy)
+    assert (out / "labels.tsv").read_text().splitlines()[0] == f"00001.npz\t{digits.labels[5]}"
+    folder = EventFolder(out)
     assert folder.info.sensor_size == (34, 34, 2) and folder.classes == digits.classes
     np.testing.assert_array_equal(folder.labels, digits.labels[[5, 0, 9]])
     for i in range(3):
         np.testing.assert_array_equal(folder.load(i), subset.load(i))
-    splits = load_splits("emulated-digits", out, reader=read_npy, validation=0.0, test=0.0)
+        events, info = read_events(folder.paths[i])  # what a replay source will see
+        assert (info.width, info.height) == (34, 34)
+        np.testing.assert_array_equal(events, subset.load(i))
+    splits = load_splits("emulated-digits", out, validation=0.0, test=0.0)
     assert len(splits.train) == 3
+    as_bin = write_recordings(subset, tmp_path / "bin", suffix=".bin")
+    np.testing.assert_array_equal(decode_atis(as_bin / "00002.bin")[0], subset.load(1))
 
 
 def test_emulated_digits_splits_cover_all_1797():

@@ -8,7 +8,8 @@ checkpoint's window parameters) to `FramesDataset`, so training and streaming se
 Sources:
 - `EventFolder`: a folder of recordings with labels, in the official N-MNIST layout
   (`Train/<class>/*.bin`, `Test/<class>/*.bin`) or the flat layout of `nmnist_1k` and of
-  `write_recordings` (`NNNNN.<ext>` files listed in `labels.tsv`, optional `info.json`).
+  `write_recordings` (`NNNNN.<ext>` files listed in `labels.tsv`, optional `info.json`), in any
+  format `spikecut.sources.read_events` reads.
 - `EmulatedDigits`: scikit-learn's 1797 bundled 8x8 digits moved along N-MNIST's saccades in front
   of the DVS emulator. Needs no download, generates ~150 samples/s on one core.
 - `TonicDataset`: CIFAR10-DVS, DVS128 Gesture and N-Caltech101 through tonic (optional extra
@@ -37,6 +38,7 @@ import numpy as np
 from spikecut.errors import ConfigError, EventDataError, SourceUnavailableError
 from spikecut.sources.emulator import EmulatorConfig, SaccadeConfig, emulate_saccades
 from spikecut.sources.events import StreamInfo, as_events, check_events, out_of_bounds
+from spikecut.sources.files import read_events, write_events
 
 if TYPE_CHECKING:
     import torch
@@ -242,12 +244,6 @@ def _natural_key(text: str) -> list[Any]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
 
 
-def _default_reader(path: Path) -> tuple[np.ndarray, StreamInfo]:
-    from spikecut.sources import read_events
-
-    return read_events(path)
-
-
 class EventFolder(EventDataset):
     """A folder of labelled recordings in one of two layouts.
 
@@ -297,7 +293,7 @@ class EventFolder(EventDataset):
             str(folder),
             time_origin="recording",
         )
-        self._reader = reader or _default_reader
+        self._reader = reader or read_events
 
     def _load(self, index: int) -> np.ndarray:
         path = self.paths[index]
@@ -375,11 +371,15 @@ def write_recordings(
     dataset: EventDataset,
     out_dir: str | PathLike[str],
     indices: Sequence[int] | None = None,
+    *,
+    suffix: str = ".npz",
 ) -> Path:
-    """Write samples as `NNNNN.npy` event arrays with `labels.tsv` and `info.json`.
+    """Write samples as `NNNNN<suffix>` recordings with `labels.tsv` and `info.json`.
 
-    The result is an `EventFolder` in the flat layout (read it back with `EventFolder(out_dir)`)
-    and a folder of ordinary `.npy` recordings a replay source can stream one by one.
+    Files are written by `spikecut.sources.write_events`, so any format it writes works; the
+    default `.npz` keeps the sensor size, which a replay source then reports exactly (a bare `.npy`
+    would leave it to be guessed from the largest coordinate). The folder reads back as an
+    `EventFolder` in the flat layout.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -387,8 +387,8 @@ def write_recordings(
     lines = []
     for k, i in enumerate(chosen, start=1):
         events, label = dataset[int(i)]
-        name = f"{k:05d}.npy"
-        np.save(out / name, events, allow_pickle=False)
+        name = f"{k:05d}{suffix}"
+        write_events(out / name, events, dataset.info)
         lines.append(f"{name}\t{label}\n")
     (out / LABELS_FILE).write_text("".join(lines))
     info = {
