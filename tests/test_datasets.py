@@ -23,7 +23,7 @@ from spikecut.sources.datasets import (
     first_per_class,
     load_splits,
     stratified_split,
-    translate_events,
+    translate_frames,
     write_recordings,
 )
 from spikecut.sources.events import EVENT_DTYPE, StreamInfo, check_events, make_events
@@ -163,41 +163,39 @@ def test_first_per_class_keeps_file_order():
     assert head.size == 18
 
 
-def shift_with_zero_fill(frames: np.ndarray, dx: int, dy: int) -> np.ndarray:
-    """The paper's augmentation on frames [..., H, W]: translate, fill the uncovered part with 0."""
-    out = np.zeros_like(frames)
-    height, width = frames.shape[-2:]
-    if abs(dx) < width and abs(dy) < height:
-        out[..., max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] = frames[
-            ..., max(-dy, 0) : height + min(-dy, 0), max(-dx, 0) : width + min(-dx, 0)
-        ]
-    return out
+def move_events(events: np.ndarray, dx: int, dy: int, width: int, height: int) -> np.ndarray:
+    """Reference: events moved by (dx, dy), those leaving the sensor dropped."""
+    x = events["x"].astype(np.int64) + dx
+    y = events["y"].astype(np.int64) + dy
+    keep = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+    return make_events(events["t"][keep], x[keep], y[keep], events["p"][keep])
 
 
-def test_translation_of_events_equals_zero_filled_translation_of_frames(digits):
+def test_translated_frames_equal_frames_of_translated_events(digits):
     events = digits.load(0)
     frames = count_frames(events, (34, 34, 2))
     for dx, dy in [(3, -2), (-7, 5), (0, 0), (40, 0), (-33, 33)]:
-        moved = count_frames(translate_events(events, dx, dy, 34, 34), (34, 34, 2))
-        np.testing.assert_array_equal(moved, shift_with_zero_fill(frames, dx, dy))
+        expected = count_frames(move_events(events, dx, dy, 34, 34), (34, 34, 2))
+        np.testing.assert_array_equal(translate_frames(frames, dx, dy), expected)
 
 
 def test_random_translate_is_bounded_and_seeded(digits):
-    events = digits.load(1)
+    frames = count_frames(digits.load(1), (34, 34, 2))
     shift = RandomTranslate(max_shift_px=4)
-    seen = set()
+    totals = set()
     for seed in range(40):
-        moved = shift(events, (34, 34, 2), np.random.default_rng(seed))
-        check_events(moved, 34, 34)
-        again = shift(events, (34, 34, 2), np.random.default_rng(seed))
-        np.testing.assert_array_equal(moved, again)
-        kept = np.isin(moved["t"], events["t"])
-        assert kept.all() and moved.size <= events.size
-        seen.add(moved.size)
-    assert len(seen) > 5
-    np.testing.assert_array_equal(
-        RandomTranslate(0)(events, (34, 34, 2), np.random.default_rng(0)), events
-    )
+        moved = shift(frames, np.random.default_rng(seed))
+        assert moved.shape == frames.shape and moved.dtype == frames.dtype
+        np.testing.assert_array_equal(moved, shift(frames, np.random.default_rng(seed)))
+        # A shift of at most 4 px in x and y: some placement of the original covers it.
+        assert any(
+            np.array_equal(moved, translate_frames(frames, dx, dy))
+            for dx in range(-4, 5)
+            for dy in range(-4, 5)
+        )
+        totals.add(int(moved.sum()))
+    assert len(totals) > 5
+    np.testing.assert_array_equal(RandomTranslate(0)(frames, np.random.default_rng(0)), frames)
 
 
 # --- emulated digits ------------------------------------------------------------------------------
