@@ -37,9 +37,9 @@ a count never wraps around.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit
@@ -840,9 +840,6 @@ def _effective_cap(spec: WindowSpec) -> int:
     return min(spec.clip or _INT32_MAX, dtype_max)
 
 
-Sink = Callable[[int, int, int, int, int, bool], None]
-
-
 class FrameBuilder:
     """Incremental events-to-frames for one stream; the engine behind both windowing paths.
 
@@ -949,10 +946,17 @@ class FrameBuilder:
         self._finished = False
 
     def push(self, events: np.ndarray) -> list[Window]:
-        """Feed one chunk; return the windows it completed, oldest first."""
-        out: list[Window] = []
-        self.feed(events, self._window_sink(out))
-        return out
+        """Feed one chunk; return the windows it completed, oldest first.
+
+        Eager: a chunk that jumps far ahead in time (up to `max_gap_us`) completes every empty
+        window in between at once. The asyncio stage uses the lazy `push_iter` instead.
+        """
+        return list(self.push_iter(events))
+
+    def push_iter(self, events: np.ndarray) -> Iterator[Window]:
+        """Lazy `push`: windows are produced one by one as the consumer asks, so memory stays at
+        the fixed ring whatever the chunk holds. Consume it fully before the next call."""
+        return self._windows(self._feed(events), wall_clock=False)
 
     def advance_to(self, t_us: int, *, wall_clock: bool = False) -> list[Window]:
         """Close every window that ends at or before sensor time `t_us` (time and bins modes).
@@ -961,23 +965,55 @@ class FrameBuilder:
         arrived, and by `frames_for_recording` to complete a fixed span. Events older than the
         newest closed window are late from then on.
         """
-        out: list[Window] = []
-        self._advance(int(t_us), self._window_sink(out, wall_clock=wall_clock))
-        return out
+        return list(self.advance_iter(t_us, wall_clock=wall_clock))
+
+    def advance_iter(self, t_us: int, *, wall_clock: bool = False) -> Iterator[Window]:
+        return self._windows(self._advance(int(t_us)), wall_clock=wall_clock)
 
     def finish(self, end: str = "emit") -> list[Window]:
-        """End of stream: emit (`end="emit"`) or drop (`"drop"`) the started, incomplete windows."""
-        out: list[Window] = []
-        self._finish(end, self._window_sink(out))
-        return out
+        """End of stream: emit (`end="emit"`) or drop (`"drop"`) the started, incomplete windows.
 
-    # -- engine, shared by the Window path and frames_for_recording --
+        The builder then refuses events until `reset()`.
+        """
+        return list(self.finish_iter(end))
 
-    def feed(self, events: np.ndarray, sink: Sink) -> None:
-        if self._finished:
-            raise ConfigError(
-                "FrameBuilder.finish() was called; reset() before feeding more events"
+    def finish_iter(self, end: str = "emit") -> Iterator[Window]:
+        if end not in END_OPTIONS:
+            raise ConfigError(f"end must be one of {END_OPTIONS}, got {end!r}")
+        return self._windows(self._finish(end), wall_clock=False)
+
+    def take_drops(self) -> Drops:
+        """Drops since the previous call (stream-order attribution to the next window)."""
+        delta = self._cnt - self._reported
+        self._reported[:] = self._cnt
+        return _drops_from(delta)
+
+    def slot_counts(self, slot: int) -> np.ndarray:
+        """Count frame of a ring slot as a [P, H', W'] view; valid until the engine resumes."""
+        plane = int(self._cfg[C_PLANE])
+        return self._acc[slot * plane : (slot + 1) * plane].reshape(self.frame_shape)
+
+    # -- engine, shared by the Window path and frames_for_recording. Each generator yields one
+    # _Closed per completed window while its counts are still in the ring; the slot is cleared
+    # when the consumer asks for the next one.
+
+    def _windows(self, closed: Iterator[_Closed], *, wall_clock: bool) -> Iterator[Window]:
+        for c in closed:
+            yield Window(
+                index=c.index,
+                frames=self.slot_counts(c.slot).astype(self._out_dtype),
+                t_start_us=c.t_start_us,
+                t_end_us=c.t_end_us,
+                n_events=c.n_events,
+                closed_at=time.perf_counter(),
+                partial=c.partial,
+                closed_by_wall_clock=wall_clock and not c.partial,
+                drops=self.take_drops(),
             )
+
+    def _feed(self, events: np.ndarray) -> Iterator[_Closed]:
+        if self._finished:
+            raise ConfigError("FrameBuilder.finish() was called; reset() before feeding events")
         events = np.ascontiguousarray(as_events(events))
         i = 0
         st = self._st
@@ -1000,27 +1036,27 @@ class FrameBuilder:
                 self._slot_tlast,
             )
             status = st[S_STATUS]
-            self._drain(sink, partial=False)
+            yield from self._drain(partial=False)
             if status == RUN_GAP:
-                self._resync(int(events["t"][i]), sink)
+                yield from self._resync(int(events["t"][i]))
 
-    def _advance(self, t_us: int, sink: Sink) -> None:
+    def _advance(self, t_us: int) -> Iterator[_Closed]:
         st = self._st
-        if self.spec.kind == "count" or not st[S_HAVE_ORIGIN]:
+        if self._finished or self.spec.kind == "count" or not st[S_HAVE_ORIGIN]:
             return
         st[S_CLOCK] = max(int(st[S_CLOCK]), t_us)
         target, _ = _windows_until(self._cfg, st[S_ORIGIN], st[S_CLOCK])
-        self._close_until(int(target), sink, partial=False)
+        yield from self._close_until(int(target), partial=False)
 
-    def _finish(self, end: str, sink: Sink) -> None:
-        if end not in END_OPTIONS:
-            raise ConfigError(f"end must be one of {END_OPTIONS}, got {end!r}")
+    def _finish(self, end: str) -> Iterator[_Closed]:
+        if self._finished:
+            return
         self._finished = True
         last = self._last_started()
         if last is None:
             return
         if end == "emit":
-            self._close_until(last + 1, sink, partial=True)
+            yield from self._close_until(last + 1, partial=True)
         else:
             st = self._st
             for k in range(int(st[S_K_EMIT]), last + 1):
@@ -1037,7 +1073,7 @@ class FrameBuilder:
         _, last = _windows_until(self._cfg, st[S_ORIGIN], st[S_CLOCK])
         return int(last)
 
-    def _close_until(self, target: int, sink: Sink, *, partial: bool) -> None:
+    def _close_until(self, target: int, *, partial: bool) -> Iterator[_Closed]:
         """Complete windows up to (excluding) `target`, in ring-sized batches."""
         st, cfg = self._st, self._cfg
         while st[S_K_CLOSE] < target:
@@ -1048,13 +1084,13 @@ class FrameBuilder:
                 st[S_FLOOR] = max(int(st[S_FLOOR]), int(end))
                 _, st[S_NEXT_END] = _window_bounds(cfg, st[S_ORIGIN], k_close)
             st[S_SEG_VALID] = 0
-            self._drain(sink, partial=partial)
+            yield from self._drain(partial=partial)
 
-    def _resync(self, t_us: int, sink: Sink) -> None:
+    def _resync(self, t_us: int) -> Iterator[_Closed]:
         """A time jump beyond max_gap_us: close what is open as partial, restart windows at t_us."""
         st, cfg = self._st, self._cfg
         last = self._last_started()
-        self._close_until(last + 1, sink, partial=True)
+        yield from self._close_until(last + 1, partial=True)
         k_new = int(st[S_K_CLOSE])
         if self.spec.kind == "bins":
             n = int(cfg[C_NBINS])
@@ -1069,54 +1105,33 @@ class FrameBuilder:
         st[S_SEG_VALID] = 0
         self._cnt[K_RESYNC] += 1
 
-    def _drain(self, sink: Sink, *, partial: bool) -> None:
+    def _drain(self, *, partial: bool) -> Iterator[_Closed]:
         st, cfg = self._st, self._cfg
         for k in range(int(st[S_K_EMIT]), int(st[S_K_CLOSE])):
             slot = k % self._ring
-            n_events = int(self._slot_n[slot])
             if self.spec.kind == "count":
-                t_start, t_end = int(self._slot_tfirst[slot]), int(self._slot_tlast[slot]) + 1
+                t_start = int(self._slot_tfirst[slot])
+                t_end = int(self._slot_tlast[slot]) + 1
             else:
                 start, end = _window_bounds(cfg, st[S_ORIGIN], k)
                 t_start, t_end = int(start), int(end)
-            sink(k, slot, t_start, t_end, n_events, partial)
+            yield _Closed(k, slot, t_start, t_end, int(self._slot_n[slot]), partial)
             self._clear_slot(slot)
-        st[S_K_EMIT] = st[S_K_CLOSE]
+            st[S_K_EMIT] = k + 1
 
     def _clear_slot(self, slot: int) -> None:
         plane = int(self._cfg[C_PLANE])
         self._acc[slot * plane : (slot + 1) * plane] = 0
         self._slot_n[slot] = 0
 
-    def slot_counts(self, slot: int) -> np.ndarray:
-        """The count frame of a ring slot, [P, H', W'] view (valid only inside a sink call)."""
-        plane = int(self._cfg[C_PLANE])
-        return self._acc[slot * plane : (slot + 1) * plane].reshape(self.frame_shape)
 
-    def take_drops(self) -> Drops:
-        """Drops since the previous call (stream-order attribution to the next window)."""
-        delta = self._cnt - self._reported
-        self._reported[:] = self._cnt
-        return _drops_from(delta)
-
-    def _window_sink(self, out: list[Window], *, wall_clock: bool = False) -> Sink:
-        def sink(k: int, slot: int, t_start: int, t_end: int, n_events: int, partial: bool) -> None:
-            frames = self.slot_counts(slot).astype(self._out_dtype)
-            out.append(
-                Window(
-                    index=k,
-                    frames=frames,
-                    t_start_us=t_start,
-                    t_end_us=t_end,
-                    n_events=n_events,
-                    closed_at=time.perf_counter(),
-                    partial=partial,
-                    closed_by_wall_clock=wall_clock and not partial,
-                    drops=self.take_drops(),
-                )
-            )
-
-        return sink
+class _Closed(NamedTuple):
+    index: int
+    slot: int
+    t_start_us: int
+    t_end_us: int
+    n_events: int
+    partial: bool
 
 
 def _drops_from(cnt: np.ndarray) -> Drops:
@@ -1181,23 +1196,32 @@ def bin_recording(
         capacity = (
             max(int(valid.max()) - int(valid[0]), 0) // (spec.stride_us or spec.window_us) + 1
         )
+    frame_bytes = int(np.prod(frame_shape)) * np.dtype(spec.dtype).itemsize
+    if spec.max_gap_us is None and capacity * frame_bytes > _MAX_OUTPUT_BYTES:
+        raise EventDataError(
+            f"the recording would need {capacity} windows "
+            f"({capacity * frame_bytes / 2**30:.1f} GiB of frames, over the "
+            f"{_MAX_OUTPUT_BYTES // 2**30} GiB limit): check its timestamps, use longer windows "
+            "or set max_gap_us"
+        )
     store = _GrowingFrames(capacity, frame_shape, np.dtype(spec.dtype))
     limit = spec.n_bins if spec.kind == "bins" else None
     beyond = [0]
 
-    def sink(k: int, slot: int, t_start: int, t_end: int, n_events: int, partial: bool) -> None:
-        if limit is not None and k >= limit:
-            beyond[0] += n_events
-            return
-        store.put(k, builder.slot_counts(slot), t_start, t_end, n_events, partial)
+    def store_all(closed: Iterator[_Closed]) -> None:
+        for c in closed:
+            if limit is not None and c.index >= limit:
+                beyond[0] += c.n_events
+            else:
+                store.put(c, builder.slot_counts(c.slot))
 
-    builder.feed(events, sink)
+    store_all(builder._feed(events))
     if spec.kind == "bins":
         # The span is fixed: complete all n_bins (empty ones too), then fill in the boundaries of
         # bins that never started (only possible after a resync).
         if valid.size and builder.totals.resyncs == 0:
-            builder._advance(int(valid[0]) + spec.span_us, sink)
-        builder._finish("emit", sink)
+            store_all(builder._advance(int(valid[0]) + spec.span_us))
+        store_all(builder._finish("emit"))
         result = store.result(spec.n_bins, builder.totals, beyond[0])
         if valid.size:
             k = np.arange(spec.n_bins, dtype=np.int64)
@@ -1205,7 +1229,7 @@ def bin_recording(
             result.t_start_us[:] = int(valid[0]) + (k * span + n - 1) // n
             result.t_end_us[:] = int(valid[0]) + ((k + 1) * span + n - 1) // n
         return result
-    builder._finish(end, sink)
+    store_all(builder._finish(end))
     return store.result(store.size, builder.totals, 0)
 
 
@@ -1239,21 +1263,22 @@ class _GrowingFrames:
 
     def __init__(self, capacity: int, shape: tuple[int, int, int], dtype: np.dtype) -> None:
         self.frame_bytes = int(np.prod(shape)) * dtype.itemsize
-        capacity = min(capacity, max(1, _MAX_OUTPUT_BYTES // (4 * max(self.frame_bytes, 1))))
+        # Start from the estimate but within reason; `put` grows the arrays when needed.
+        capacity = min(capacity, 1 << 16, max(1, (256 << 20) // max(self.frame_bytes, 1)))
         self.frames = np.zeros((max(capacity, 1), *shape), dtype=dtype)
         self.meta = np.zeros((max(capacity, 1), 4), dtype=np.int64)
         self.size = 0
 
-    def put(
-        self, k: int, counts: np.ndarray, t_start: int, t_end: int, n_events: int, partial: bool
-    ) -> None:
+    def put(self, closed: _Closed, counts: np.ndarray) -> None:
+        k = closed.index
         if k >= self.frames.shape[0]:
             most = _MAX_OUTPUT_BYTES // max(self.frame_bytes, 1)
             if k + 1 > most:
                 raise EventDataError(
                     f"the recording would need at least {k + 1} windows "
-                    f"({(k + 1) * self.frame_bytes / 2**30:.1f} GiB of frames, over the 16 GiB limit); check its "
-                    "timestamps, or use longer windows or a smaller max_gap_us"
+                    f"({(k + 1) * self.frame_bytes / 2**30:.1f} GiB of frames, over the "
+                    f"{_MAX_OUTPUT_BYTES // 2**30} GiB limit): check its timestamps, use longer "
+                    "windows or a smaller max_gap_us"
                 )
             grow = min(max(k + 1, 2 * self.frames.shape[0]), most)
             frames = np.zeros((grow, *self.frames.shape[1:]), dtype=self.frames.dtype)
@@ -1262,12 +1287,13 @@ class _GrowingFrames:
             meta[: self.size] = self.meta[: self.size]
             self.frames, self.meta = frames, meta
         np.copyto(self.frames[k], counts, casting="unsafe")
-        self.meta[k] = (t_start, t_end, n_events, partial)
+        self.meta[k] = (closed.t_start_us, closed.t_end_us, closed.n_events, closed.partial)
         self.size = max(self.size, k + 1)
 
     def result(self, size: int, drops: Drops, beyond: int) -> BinnedRecording:
         if size > self.frames.shape[0]:
-            self.put(size - 1, np.zeros(self.frames.shape[1:], np.uint8), 0, 0, 0, False)
+            empty = _Closed(size - 1, 0, 0, 0, 0, False)
+            self.put(empty, np.zeros(self.frames.shape[1:], np.uint8))
         meta = self.meta[:size]
         return BinnedRecording(
             frames=self.frames[:size],
