@@ -205,7 +205,9 @@ class EventFilter:
         n_pixels = self.width * self.height
         self.filter_us = 0 if filter_us is None else check_duration("filter_us", filter_us)
         self.refractory_us = (
-            0 if refractory_us is None else check_duration("refractory_us", refractory_us)
+            0
+            if refractory_us is None
+            else check_duration("refractory_us", refractory_us, allow_zero=True)
         )
         self._hot = hot_pixel_mask(hot_pixels, self.width, self.height)
         if not self._hot.any():
@@ -251,12 +253,15 @@ def sensor_dims(sensor: StreamInfo | tuple[int, ...]) -> tuple[int, int]:
     """(width, height) from a `StreamInfo` or a tonic-style (W, H[, P]) tuple, validated."""
     if isinstance(sensor, StreamInfo):
         return int(sensor.width), int(sensor.height)
-    try:
-        width, height = (int(v) for v in tuple(sensor)[:2])
-    except (TypeError, ValueError):
+    if (
+        not isinstance(sensor, (tuple, list))
+        or len(sensor) not in (2, 3)
+        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in sensor)
+    ):
         raise ConfigError(
             f"sensor must be a StreamInfo or a (width, height[, polarities]) tuple, got {sensor!r}"
-        ) from None
+        )
+    width, height = int(sensor[0]), int(sensor[1])
     if not (0 < width <= 65535 and 0 < height <= 65535):
         raise ConfigError(f"sensor size must be in 1..65535 pixels, got {width}x{height}")
     return width, height
