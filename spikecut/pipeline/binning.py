@@ -247,6 +247,7 @@ class Drops:
     resyncs: int = 0  # time jumps larger than max_gap_us
     backpressure_windows: int = 0  # windows discarded by the drop_oldest policy
     backpressure_events: int = 0  # events inside those windows
+    end_of_stream: int = 0  # events inside partial windows dropped by end="drop"
 
     @property
     def filtered(self) -> int:
@@ -336,8 +337,9 @@ RUN_DONE, RUN_DRAIN, RUN_GAP = 0, 1, 2
     K_ROI,
     K_CLIPPED,
     K_RESYNC,
+    K_END,
     N_CNT,
-) = range(9)
+) = range(10)
 
 _I64_MAX = np.iinfo(np.int64).max
 _OUTSIDE = -(2**40)
@@ -1060,6 +1062,7 @@ class FrameBuilder:
         else:
             st = self._st
             for k in range(int(st[S_K_EMIT]), last + 1):
+                self._cnt[K_END] += self._slot_n[k % self._ring]
                 self._clear_slot(k % self._ring)
             st[S_K_EMIT] = st[S_K_CLOSE] = last + 1
 
@@ -1144,6 +1147,7 @@ def _drops_from(cnt: np.ndarray) -> Drops:
         outside_roi=int(cnt[K_ROI]),
         clipped=int(cnt[K_CLIPPED]),
         resyncs=int(cnt[K_RESYNC]),
+        end_of_stream=int(cnt[K_END]),
     )
 
 
