@@ -69,3 +69,15 @@ class CheckpointError(SpikecutError, ValueError):
 
 class ConfigError(SpikecutError, ValueError):
     """An option or URI is invalid; the message names the option and the value."""
+
+
+class SchemaError(SpikecutError, ValueError):
+    """A decision or stats record does not match its schema; the message names the field."""
+
+
+class SinkError(SpikecutError, RuntimeError):
+    """A sink cannot deliver: broker unreachable or refusing us, file or stdout not writable."""
+
+
+class ModelInputError(SpikecutError, ValueError):
+    """Frames or a state handed to a network do not match it (shape, sensor size, batch)."""

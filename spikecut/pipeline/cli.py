@@ -20,8 +20,70 @@ def build_parser() -> argparse.ArgumentParser:
         description="Event-camera streams in, early spiking-network decisions out.",
     )
     parser.add_argument("--version", action="version", version=f"spikecut {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_file_commands(commands)
     return parser
+
+
+def _sensor_size(text: str) -> tuple[int, int]:
+    """'346x260' -> (346, 260)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected WIDTHxHEIGHT such as 346x260, got {text!r}"
+        ) from None
+    if not (0 < width <= 65535 and 0 < height <= 65535):
+        raise argparse.ArgumentTypeError(f"width and height must be in 1..65535, got {text!r}")
+    return width, height
+
+
+def _add_file_commands(commands: argparse._SubParsersAction) -> None:
+    def read_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--lenient",
+            action="store_true",
+            help="drop out-of-sensor or backwards events and stop quietly at a damaged tail",
+        )
+        sub.add_argument(
+            "--sensor-size",
+            type=_sensor_size,
+            metavar="WxH",
+            help="sensor size to use instead of the file's (or the pre-scan's)",
+        )
+
+    info = commands.add_parser(
+        "info", help="format, sensor size, event count, time range and rate of an event file"
+    )
+    info.add_argument("path", help="event file (AEDAT 2/3.1/4, RAW EVT2/3, DAT, ES, .bin, ...)")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.add_argument("--format", help="skip detection: the file's format name")
+    read_options(info)
+    info.set_defaults(handler=_info)
+
+    convert = commands.add_parser("convert", help="convert an event file to another format")
+    convert.add_argument("input", help="event file to read")
+    convert.add_argument(
+        "output", help="file to write; its extension picks the format unless --to is given"
+    )
+    convert.add_argument("--from", dest="in_format", help="skip detection of the input format")
+    convert.add_argument(
+        "--to", dest="out_format", help="output format (npy, npz, hdf5, aedat4, aedat3, ...)"
+    )
+    read_options(convert)
+    convert.set_defaults(handler=_convert)
+
+
+def _info(args: argparse.Namespace) -> int:
+    from spikecut.sources.commands import info_command
+
+    return info_command(args)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from spikecut.sources.commands import convert_command
+
+    return convert_command(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

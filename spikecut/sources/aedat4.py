@@ -1,0 +1,324 @@
+"""AEDAT 4.0 (iniVation DV): reader through the `aedat` package, and a writer.
+
+The file is `#!AER-DAT4.0\\r\\n`, a uint32 length, a size-prefixed `IOHE` flatbuffer (compression,
+data-table position, XML stream description), then packets `int32 stream_id, uint32 size` each
+followed by a (possibly LZ4/ZSTD-compressed) size-prefixed flatbuffer, up to the data table.
+
+Reading: we parse the IOHeader and walk the packet headers ourselves, checking every packet lies
+inside the file and belongs to a declared stream, before `aedat` decodes it. So a truncated or
+damaged file raises our `TruncatedFileError`/`CorruptFileError` with the byte offset of the
+packet (a lenient read keeps every packet before it), and `aedat` never sees the bad bytes.
+Only the first event stream (`EVTS`) is read; frame, IMU and trigger packets are skipped.
+aedat's packets (`t` uint64, `x`/`y` uint16, `on` bool: 13 packed bytes) have our layout and are
+viewed as `EVENT_DTYPE` without a copy. Coordinates are DV's: origin top-left. `t` is Unix µs.
+
+Writing: uncompressed EVTS packets of up to `PACKET_EVENTS` events and no data table (readers
+then scan the packets, as `aedat` and dv-processing do).
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from typing import Any
+from xml.sax.saxutils import escape
+
+import numpy as np
+
+from spikecut.errors import CorruptFileError, SpikecutError, TruncatedFileError
+from spikecut.sources.events import EVENT_DTYPE, TIME_ORIGINS
+from spikecut.sources.reader import EventReader
+from spikecut.sources.writer import EventWriter
+
+MAGIC = b"#!AER-DAT4.0\r\n"
+_U32 = struct.Struct("<I")
+_PACKET = struct.Struct("<iI")
+_COMPRESSION = {0: "NONE", 1: "LZ4", 2: "LZ4_HIGH", 3: "ZSTD", 4: "ZSTD_HIGH"}
+
+
+def _table_field(fb: bytes, table: int, field: int) -> int | None:
+    """Absolute position of field `field` of the flatbuffer table at `table`, or None."""
+    (soffset,) = struct.unpack_from("<i", fb, table)
+    vtable = table - soffset
+    if not 0 <= vtable <= len(fb) - 4:
+        raise ValueError("vtable outside the buffer")
+    vt_size, _ = struct.unpack_from("<HH", fb, vtable)
+    if vt_size < 4 or vtable + vt_size > len(fb):
+        raise ValueError("vtable size outside the buffer")
+    slot = 4 + 2 * field
+    if slot + 2 > vt_size:
+        return None
+    (offset,) = struct.unpack_from("<H", fb, vtable + slot)
+    return table + offset if offset else None
+
+
+def parse_io_header(fb: bytes) -> tuple[int, int, str]:
+    """(compression, data table position, XML info) from an IOHE flatbuffer (no size prefix)."""
+    (root,) = _U32.unpack_from(fb, 0)
+    if fb[4:8] != b"IOHE":
+        raise ValueError(f"identifier {fb[4:8]!r} is not IOHE")
+    if not 8 <= root <= len(fb) - 4:
+        raise ValueError("root table outside the buffer")
+    compression, table_pos, info = 0, -1, ""
+    pos = _table_field(fb, root, 0)
+    if pos is not None:
+        (compression,) = struct.unpack_from("<i", fb, pos)
+    pos = _table_field(fb, root, 1)
+    if pos is not None:
+        (table_pos,) = struct.unpack_from("<q", fb, pos)
+    pos = _table_field(fb, root, 2)
+    if pos is not None:
+        (rel,) = _U32.unpack_from(fb, pos)
+        start = pos + rel
+        (length,) = _U32.unpack_from(fb, start)
+        if start + 4 + length > len(fb):
+            raise ValueError("info string runs past the buffer")
+        info = fb[start + 4 : start + 4 + length].decode("utf-8")
+    return compression, table_pos, info
+
+
+def _streams(info: str) -> dict[int, dict[str, str]]:
+    """Stream id -> {'type': EVTS/FRME/..., 'sizeX', 'sizeY', 'source', ...} from the XML."""
+    root = ET.fromstring(info)
+    streams: dict[int, dict[str, str]] = {}
+    for out_info in root.iter("node"):
+        if out_info.get("name") != "outInfo":
+            continue
+        for node in out_info.findall("node"):
+            attrs = {a.get("key"): (a.text or "") for a in node.findall("attr")}
+            info_node = node.find("node[@name='info']")
+            if info_node is not None:
+                attrs.update({a.get("key"): (a.text or "") for a in info_node.findall("attr")})
+            streams[int(node.get("name", "-1"))] = {
+                "type": attrs.get("typeIdentifier", ""),
+                **{k: v for k, v in attrs.items() if k},
+            }
+    return streams
+
+
+class Aedat4Reader(EventReader):
+    format = "aedat4"
+    time_origin = "unix"
+    decodes_in_place = False  # aedat makes the arrays
+
+    def _open(self) -> tuple[int, int] | None:
+        magic = self._file.read(len(MAGIC))
+        if magic != MAGIC:
+            raise self._error(CorruptFileError, f"magic {magic!r} is not {MAGIC!r}", offset=0)
+        (length,) = _U32.unpack(self._read_exact(len(MAGIC), 4, "IOHeader length"))
+        start = len(MAGIC) + 4
+        if start + length > self.file_size:
+            raise self._error(
+                TruncatedFileError,
+                f"IOHeader of {length} bytes runs past the end of the file",
+                offset=start,
+            )
+        fb = self._read_exact(start, length, "IOHeader")
+        try:
+            compression, table_pos, info = parse_io_header(fb)
+            streams = _streams(info)
+        except (ValueError, struct.error, UnicodeDecodeError, ET.ParseError) as exc:
+            raise self._error(
+                CorruptFileError, f"unreadable IOHeader: {exc}", offset=start
+            ) from exc
+        if compression not in _COMPRESSION:
+            raise self._error(CorruptFileError, f"unknown compression {compression}", offset=start)
+        events = [i for i, s in sorted(streams.items()) if s["type"] == "EVTS"]
+        if not events:
+            raise self._error(CorruptFileError, "the XML description declares no EVTS stream")
+        self.streams = streams
+        self.stream_id = events[0]
+        self.compression = _COMPRESSION[compression]
+        self._packets_start = start + length
+        end = table_pos if table_pos >= 0 else self.file_size
+        if end < self._packets_start:
+            raise self._error(
+                CorruptFileError,
+                f"data table position {table_pos} lies before the first packet",
+                offset=start,
+            )
+        # A data table announced past the end means the recording was cut short: read the
+        # packets that are complete, then report the truncation.
+        self._table_missing = end > self.file_size
+        self._table_pos = table_pos
+        self._packets_end = min(end, self.file_size)
+        # Packet headers are read from a map of the file: no system call per packet.
+        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        stream = streams[self.stream_id]
+        self.sensor_source = stream.get("source", "")
+        try:
+            return int(stream["sizeX"]), int(stream["sizeY"])
+        except (KeyError, ValueError):
+            return None
+
+    def close(self) -> None:
+        packet_map = getattr(self, "_map", None)
+        if packet_map is not None:
+            packet_map.close()
+        super().close()
+
+    def _time_origin(self) -> str:
+        origin = self.streams[self.stream_id].get("spikecutTimeOrigin")
+        return origin if origin in TIME_ORIGINS else self.time_origin
+
+    def _decode(self) -> Iterator[np.ndarray]:
+        """Walk the packet headers, checking each packet lies inside the file and belongs to a
+        declared stream, and only then let aedat decode it (one aedat packet per header)."""
+        import aedat
+
+        end = self._packets_end
+        offset = self._packets_start
+        decoder = None
+        streams, target, step = self.streams, self.stream_id, self.chunk_events
+        unpack, packet_map = _PACKET.unpack_from, self._map
+        while offset < end:
+            if offset + _PACKET.size > end:
+                raise self._error(
+                    TruncatedFileError,
+                    f"file ends inside a packet header ({end - offset} of 8 bytes)",
+                    offset=offset,
+                )
+            stream_id, size = unpack(packet_map, offset)
+            if stream_id not in streams:
+                raise self._error(
+                    CorruptFileError, f"packet of undeclared stream id {stream_id}", offset=offset
+                )
+            if offset + _PACKET.size + size > end:
+                raise self._error(
+                    TruncatedFileError,
+                    f"packet of {size} bytes runs past the end of the data "
+                    f"({end - offset - _PACKET.size} bytes left)",
+                    offset=offset,
+                )
+            if decoder is None:
+                decoder = self._aedat_decoder(aedat)
+            packet = self._next_packet(decoder, offset)
+            if packet["stream_id"] != stream_id:
+                raise self._error(
+                    CorruptFileError,
+                    f"aedat decoded stream {packet['stream_id']} where the file has stream "
+                    f"{stream_id}",
+                    offset=offset,
+                )
+            if stream_id == target:
+                events = packet.get("events")
+                if events is not None:
+                    if events.dtype.itemsize == EVENT_DTYPE.itemsize:
+                        events = np.frombuffer(events, dtype=EVENT_DTYPE)
+                    else:
+                        events = _from_aedat_layout(events)
+                    if events.size <= step:
+                        yield events
+                    else:
+                        for first in range(0, events.size, step):
+                            yield events[first : first + step]
+            offset += _PACKET.size + size
+        if self._table_missing:
+            raise self._error(
+                TruncatedFileError,
+                f"file ends at byte {self.file_size} but announces its data table at byte "
+                f"{self._table_pos}",
+                offset=self.file_size,
+            )
+
+    def _aedat_decoder(self, aedat: Any) -> Any:
+        try:
+            return aedat.Decoder(str(self.path))
+        except Exception as exc:  # the Rust decoder raises plain exceptions
+            raise self._error(CorruptFileError, f"aedat cannot open the file: {exc}") from exc
+
+    def _next_packet(self, decoder: Any, offset: int) -> dict:
+        try:
+            return next(decoder)
+        except StopIteration:
+            raise self._error(
+                CorruptFileError, "aedat found no packet here", offset=offset
+            ) from None
+        except BaseException as exc:  # includes pyo3's PanicException
+            if isinstance(exc, (KeyboardInterrupt, SystemExit, SpikecutError)):
+                raise
+            raise self._error(
+                CorruptFileError, f"undecodable packet: {exc}", offset=offset
+            ) from exc
+
+
+def _from_aedat_layout(events: np.ndarray) -> np.ndarray:
+    out = np.empty(events.size, dtype=EVENT_DTYPE)
+    out["t"] = events["t"]
+    out["x"] = events["x"]
+    out["y"] = events["y"]
+    out["p"] = events["on"]
+    return out
+
+
+# --- writer ----------------------------------------------------------------------------------
+
+
+def io_header(info_xml: str, compression: int = 0, data_table_position: int = -1) -> bytes:
+    """A size-prefixed IOHE flatbuffer. Scalars are aligned relative to the size prefix, as
+    flatbuffers' own builders do."""
+    text = info_xml.encode("utf-8")
+    fb = bytearray()
+    fb += _U32.pack(24) + b"IOHE"
+    fb += struct.pack("<5H", 10, 20, 4, 12, 8) + bytes(6)  # vtable at 8, padded to 24
+    fb += struct.pack("<iiIq", 16, compression, 44 - 32, data_table_position)  # table at 24
+    fb += _U32.pack(len(text)) + text + b"\0"  # string at 44
+    fb += bytes(-len(fb) % 4)
+    return _U32.pack(len(fb)) + bytes(fb)
+
+
+def event_packet(events: np.ndarray) -> bytes:
+    """A size-prefixed EVTS flatbuffer holding `events` as 16-byte structs."""
+    n = events.size
+    body = np.zeros(n, dtype=[("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("on", "u1"), ("_", "V3")])
+    body["t"] = events["t"]
+    body["x"] = events["x"]
+    body["y"] = events["y"]
+    body["on"] = events["p"]
+    head = _U32.pack(16) + b"EVTS" + struct.pack("<3H", 6, 8, 4) + bytes(2)  # vtable at 8
+    head += struct.pack("<iI", 8, 4) + _U32.pack(n)  # table at 16, vector at 24
+    fb = head + body.tobytes()
+    return _U32.pack(len(fb)) + fb
+
+
+class Aedat4Writer(EventWriter):
+    format = "aedat4"
+    max_coordinate = 1 << 15
+    PACKET_EVENTS = 16384
+
+    def _open(self) -> None:
+        super()._open()
+        info = self.info
+        xml = (
+            '<dv version="2.0">\n'
+            '    <node name="outInfo" path="/mainloop/Recorder/outInfo/">\n'
+            '        <node name="0" path="/mainloop/Recorder/outInfo/0/">\n'
+            '            <attr key="compression" type="string">NONE</attr>\n'
+            '            <attr key="originalModuleName" type="string">spikecut</attr>\n'
+            '            <attr key="originalOutputName" type="string">events</attr>\n'
+            '            <attr key="typeDescription" type="string">'
+            "Array of events (polarity ON/OFF).</attr>\n"
+            '            <attr key="typeIdentifier" type="string">EVTS</attr>\n'
+            '            <node name="info" path="/mainloop/Recorder/outInfo/0/info/">\n'
+            f'                <attr key="sizeX" type="int">{info.width}</attr>\n'
+            f'                <attr key="sizeY" type="int">{info.height}</attr>\n'
+            f'                <attr key="source" type="string">{escape(info.source)}</attr>\n'
+            '                <attr key="tsOffset" type="long">0</attr>\n'
+            '                <attr key="spikecutTimeOrigin" type="string">'
+            f"{info.time_origin}</attr>\n"
+            "            </node>\n"
+            "        </node>\n"
+            "    </node>\n"
+            "</dv>\n"
+        )
+        self._file.write(MAGIC + io_header(xml))
+
+    def _write(self, events: np.ndarray) -> None:
+        for first in range(0, events.size, self.PACKET_EVENTS):
+            payload = event_packet(events[first : first + self.PACKET_EVENTS])
+            self._file.write(_PACKET.pack(0, len(payload)) + payload)
+
+
+__all__ = ["Aedat4Reader", "Aedat4Writer", "event_packet", "io_header", "parse_io_header"]

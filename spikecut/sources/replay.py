@@ -1,0 +1,221 @@
+"""Replay a recording as an asynchronous event source.
+
+`open_source(path)` returns a `FileSource`: an `EventSource` (see `base.py`) with `live = False`.
+Opening the file, reading and decoding run in a worker thread (`asyncio.to_thread`), one chunk
+ahead of the consumer, so the event loop never waits on disk or decoding (our Numba kernels
+release the GIL).
+
+Pacing: with `speed=None` chunks come as fast as they decode. With a speed factor, events are
+released when the wall clock reaches their recording time: an event at t is due
+(t - t_first) / speed after the first one (speed=1 real time, 10 ten times faster, 0.5 half
+speed). Chunks are cut at the due events, so a consumer receives small chunks about every
+millisecond of wall time rather than a whole chunk early.
+
+Looping (`loop=True`): the recording restarts when it ends, and its timestamps are shifted so
+that time keeps increasing: pass k adds k * (t_last - t_first + 1) µs to every event. Windows
+downstream therefore stay monotonic and the pacing goes on seamlessly. A recording without
+events does not loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from spikecut.errors import ConfigError
+from spikecut.sources.events import StreamInfo
+from spikecut.sources.files import open_reader
+from spikecut.sources.reader import DEFAULT_CHUNK_EVENTS, EventReader
+
+
+class FileSource:
+    """An `EventSource` replaying a file or an open `EventReader` (see the module docstring).
+
+    `info` is available once the source is entered (`async with`), or once iteration started.
+    A reader passed in stays open (its owner closes it); a path is opened and closed here.
+    """
+
+    live = False
+
+    def __init__(
+        self,
+        path_or_reader: str | Path | EventReader,
+        *,
+        speed: float | None = None,
+        loop: bool = False,
+        chunk_events: int = DEFAULT_CHUNK_EVENTS,
+        lenient: bool = False,
+        sensor_size: tuple[int, int] | None = None,
+        format: str | None = None,
+    ) -> None:
+        if speed is not None and not (
+            isinstance(speed, (int, float)) and math.isfinite(speed) and speed > 0
+        ):
+            raise ConfigError(f"speed must be a positive number or None, got {speed!r}")
+        self.speed = None if speed is None else float(speed)
+        self.loop = loop
+        self._open_args = {
+            "chunk_events": chunk_events,
+            "lenient": lenient,
+            "sensor_size": sensor_size,
+            "format": format,
+        }
+        if isinstance(path_or_reader, EventReader):
+            self._reader: EventReader | None = path_or_reader
+            self._path = path_or_reader.path
+            self._owns_reader = False
+        else:
+            self._reader = None
+            self._path = Path(path_or_reader)
+            self._owns_reader = True
+        #: Number of completed passes over the recording (grows with `loop=True`).
+        self.passes = 0
+        #: Paced replays: (recording t in µs, event-loop time in s) of the first event. An event
+        #: at t is due at loop time origin[1] + (t - origin[0]) / (1e6 * speed); see `due_at`.
+        self.origin: tuple[int, float] | None = None
+
+    @property
+    def info(self) -> StreamInfo:
+        if self._reader is None:
+            raise RuntimeError(f"{self._path}: enter the source (async with) to read its info")
+        return self._reader.info
+
+    @property
+    def reader(self) -> EventReader | None:
+        return self._reader
+
+    def due_at(self, t_us: int) -> float | None:
+        """Event-loop time at which an event at `t_us` is released (paced replays)."""
+        if self.origin is None or self.speed is None:
+            return None
+        return self.origin[1] + (t_us - self.origin[0]) / (1e6 * self.speed)
+
+    async def _ensure_open(self) -> EventReader:
+        if self._reader is None:
+            self._reader = await asyncio.to_thread(self._open_with_info)
+        return self._reader
+
+    def _open_with_info(self) -> EventReader:
+        """Open the file and settle its info (a pre-scan, for files that declare no sensor
+        size), both in the worker thread."""
+        reader = open_reader(self._path, **self._open_args)
+        try:
+            _ = reader.info
+        except BaseException:
+            reader.close()
+            raise
+        return reader
+
+    async def __aenter__(self) -> FileSource:
+        await self._ensure_open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._close_reader()
+
+    def _close_reader(self) -> None:
+        if self._owns_reader and self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def __aiter__(self) -> AsyncIterator[np.ndarray]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[np.ndarray]:
+        opened_here = self._reader is None
+        reader = await self._ensure_open()
+        self.origin = None
+        offset = 0
+        try:
+            while True:
+                first_t = last_t = None
+                async for chunk in _decoded(reader):
+                    if offset:
+                        chunk["t"] += offset
+                    if first_t is None:
+                        first_t = int(chunk["t"][0])
+                    last_t = int(chunk["t"][-1])
+                    if self.speed is None:
+                        yield chunk
+                        continue
+                    if self.origin is None:
+                        self.origin = (first_t, asyncio.get_running_loop().time())
+                    async for part in self._paced(chunk, self.origin):
+                        yield part
+                self.passes += 1
+                if not self.loop or first_t is None:
+                    return
+                offset += last_t - first_t + 1
+        finally:
+            if opened_here:
+                self._close_reader()
+
+    async def _paced(
+        self, chunk: np.ndarray, origin: tuple[int, float]
+    ) -> AsyncIterator[np.ndarray]:
+        """Cut `chunk` into the parts due by now, sleeping until each next event is due."""
+        clock = asyncio.get_running_loop()
+        t_origin, wall_origin = origin
+        us_per_s = 1e6 * self.speed
+        t = chunk["t"]
+        start = 0
+        while start < t.size:
+            due_until = t_origin + (clock.time() - wall_origin) * us_per_s
+            stop = int(np.searchsorted(t, due_until, side="right"))
+            if stop > start:
+                yield chunk[start:stop]
+                start = stop
+                continue
+            wait = (int(t[start]) - t_origin) / us_per_s - (clock.time() - wall_origin)
+            await asyncio.sleep(max(wait, 0.0))
+
+
+async def _decoded(reader: EventReader) -> AsyncIterator[np.ndarray]:
+    """The reader's chunks, each decoded in a worker thread while the previous one is consumed.
+    The chunks are the reader's own arrays (a fresh pass per call), free to modify."""
+    chunks: Iterator[np.ndarray] = iter(reader)
+    pending = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+    try:
+        while True:
+            # Shielded: cancelling the consumer must not abandon a worker still decoding.
+            chunk = await asyncio.shield(pending)
+            if chunk is None:
+                return
+            pending = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+            yield chunk
+    finally:
+        # Let the worker finish its chunk (milliseconds) before the reader can be closed.
+        if not pending.done():
+            await asyncio.wait({pending})
+        if not pending.cancelled():
+            pending.exception()  # mark retrieved: a failure was raised above if it mattered
+        chunks.close()
+
+
+def open_source(
+    path_or_reader: str | Path | EventReader,
+    *,
+    speed: float | None = None,
+    loop: bool = False,
+    chunk_events: int = DEFAULT_CHUNK_EVENTS,
+    lenient: bool = False,
+    sensor_size: tuple[int, int] | None = None,
+    format: str | None = None,
+) -> FileSource:
+    """Replay a file (or an open reader) as an async `EventSource`; see the module docstring."""
+    return FileSource(
+        path_or_reader,
+        speed=speed,
+        loop=loop,
+        chunk_events=chunk_events,
+        lenient=lenient,
+        sensor_size=sensor_size,
+        format=format,
+    )
+
+
+__all__ = ["FileSource", "open_source"]

@@ -1,0 +1,186 @@
+"""The async replay source: same events as the reader, pacing by the recording's timestamps,
+looping with increasing time, decoding off the event loop. Timing checks are lower bounds or
+comparisons on the event loop's own clock, never tight wall-clock windows."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from spikecut.errors import ConfigError, CorruptFileError
+from spikecut.sources import open_reader, open_source, read_events
+from spikecut.sources.atis import AtisBinReader
+from spikecut.sources.base import EventSource
+
+PEDESTRIANS = "prophesee_raw/evt3_gen41_pedestrians_5000ev.raw"  # 5000 events over 45.2 ms
+NMNIST = "atis_bin/nmnist_tonic_sample.bin"
+
+
+async def _collect(source) -> list[np.ndarray]:
+    return [chunk async for chunk in source]
+
+
+async def test_fast_replay_gives_the_readers_events(real_data):
+    path = real_data / PEDESTRIANS
+    expected, info = read_events(path)
+    async with open_source(path, chunk_events=700) as source:
+        assert isinstance(source, EventSource)
+        assert source.live is False and source.info == info
+        chunks = await _collect(source)
+    assert all(0 < c.size <= 700 for c in chunks)
+    np.testing.assert_array_equal(np.concatenate(chunks), expected)
+
+
+async def test_iterating_without_async_with_opens_and_closes(real_data):
+    source = open_source(real_data / NMNIST)
+    with pytest.raises(RuntimeError, match="enter the source"):
+        source.info  # noqa: B018
+    chunks = await _collect(source)
+    assert sum(c.size for c in chunks) == 4325
+    assert source.reader is None  # closed again
+
+
+@pytest.mark.parametrize("speed", [0.5, 1.0, 4.0])
+async def test_paced_replay_never_runs_ahead_of_the_recording(real_data, speed):
+    path = real_data / PEDESTRIANS
+    expected, _ = read_events(path)
+    duration_s = (int(expected["t"][-1]) - int(expected["t"][0])) * 1e-6
+    clock = asyncio.get_running_loop()
+    chunks, released = [], []
+    async with open_source(path, speed=speed) as source:
+        async for chunk in source:
+            released.append(clock.time())
+            chunks.append(chunk)
+        assert source.origin[0] == int(expected["t"][0])
+        for chunk, at in zip(chunks, released, strict=True):
+            assert source.due_at(int(chunk["t"][-1])) <= at + 1e-9  # never early
+        start = source.origin[1]
+    np.testing.assert_array_equal(np.concatenate(chunks), expected)
+    assert released[-1] - start >= duration_s / speed - 1e-9
+    assert len(chunks) > 5  # released progressively, not in one go
+
+
+async def test_loop_keeps_time_increasing(real_data):
+    path = real_data / PEDESTRIANS
+    once, _ = read_events(path)
+    period = int(once["t"][-1]) - int(once["t"][0]) + 1
+    events = []
+    async with open_source(path, loop=True, chunk_events=2048) as source:
+        async for chunk in source:
+            events.append(chunk)
+            if sum(c.size for c in events) >= 3 * once.size:
+                break
+        assert source.passes >= 2
+    events = np.concatenate(events)[: 3 * once.size]
+    assert np.all(np.diff(events["t"]) >= 0)
+    for k in range(3):
+        lap = events[k * once.size : (k + 1) * once.size]
+        np.testing.assert_array_equal(lap["t"], once["t"] + k * period)
+        np.testing.assert_array_equal(lap[["x", "y", "p"]], once[["x", "y", "p"]])
+
+
+async def test_paced_loop_continues_on_schedule(real_data):
+    """Two passes at 4x take at least two recording lengths / 4."""
+    path = real_data / PEDESTRIANS
+    once, _ = read_events(path)
+    duration_s = (int(once["t"][-1]) - int(once["t"][0])) * 1e-6
+    clock = asyncio.get_running_loop()
+    count = 0
+    async with open_source(path, loop=True, speed=4.0) as source:
+        async for chunk in source:
+            count += chunk.size
+            if count >= 2 * once.size:
+                break
+        assert clock.time() - source.origin[1] >= 2 * duration_s / 4 - 1e-9
+
+
+class _SlowReader(AtisBinReader):
+    """Blocks 30 ms per chunk (like a slow disk) and notes which thread decodes."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.threads: set[int] = set()
+        super().__init__(*args, **kwargs)
+
+    def _decode(self):
+        for chunk in super()._decode():
+            self.threads.add(threading.get_ident())
+            time.sleep(0.03)
+            yield chunk
+
+
+async def test_decoding_runs_off_the_event_loop(real_data):
+    # 9 chunks, >= 270 ms of blocking; the size is given so no pre-scan runs here.
+    reader = _SlowReader(real_data / NMNIST, chunk_events=500, sensor_size=(34, 34))
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.005)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    try:
+        async with open_source(reader) as source:
+            chunks = await _collect(source)
+    finally:
+        task.cancel()
+    assert sum(c.size for c in chunks) == 4325
+    assert threading.get_ident() not in reader.threads
+    assert ticks >= 10  # the loop kept running while the worker blocked
+    assert not reader._file.closed  # a reader passed in is left to its owner
+    reader.close()
+
+
+async def test_errors_reach_the_consumer_after_the_good_chunks(real_data, tmp_path):
+    data = (real_data / PEDESTRIANS).read_bytes()
+    path = tmp_path / "cut.raw"
+    path.write_bytes(data[:20_000] + b"\x00\xb0" + data[20_000:])  # an undefined word
+    received = []
+    with pytest.raises(CorruptFileError, match="undefined EVT 3.0 word 0xB000"):
+        async with open_source(path, chunk_events=256) as source:
+            async for chunk in source:
+                received.append(chunk)
+    assert received and sum(c.size for c in received) > 0
+    async with open_source(path, lenient=True) as source:
+        head = np.concatenate(await _collect(source))
+        assert source.reader.stats.error is not None
+    np.testing.assert_array_equal(np.concatenate(received), head[: sum(map(len, received))])
+
+
+async def test_stopping_early_closes_the_file(real_data):
+    async with open_source(real_data / PEDESTRIANS, chunk_events=100) as source:
+        reader = source.reader
+        async for _ in source:
+            break
+    assert reader._file.closed
+
+
+async def test_cancelling_a_paced_replay(real_data):
+    async def consume():
+        async with open_source(real_data / PEDESTRIANS, speed=0.01) as source:
+            async for _ in source:
+                pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.parametrize("speed", [0, -1.0, float("nan"), float("inf"), "fast"])
+def test_speed_must_be_positive(real_data, speed):
+    with pytest.raises(ConfigError, match="speed"):
+        open_source(real_data / NMNIST, speed=speed)
+
+
+async def test_reader_instance_can_be_replayed_twice(real_data):
+    with open_reader(real_data / NMNIST) as reader:
+        first = np.concatenate(await _collect(open_source(reader)))
+        second = np.concatenate(await _collect(open_source(reader)))
+    np.testing.assert_array_equal(first, second)
