@@ -51,7 +51,7 @@ from spikecut.pipeline.filters import (
     T_LIMIT,
     _filter_event,
     check_duration,
-    hot_pixel_mask,
+    filter_state,
     sensor_dims,
 )
 from spikecut.sources.events import StreamInfo, as_events
@@ -473,7 +473,6 @@ def _filtered_run(
             x,
             y,
             width,
-            height,
             hot,
             refractory_us,
             refractory_memory,
@@ -711,7 +710,6 @@ def _step(
             x,
             y,
             width,
-            height,
             hot,
             cfg[C_REFRACTORY_US],
             refractory_memory,
@@ -845,13 +843,16 @@ class FrameBuilder:
         self._pol_lut = np.full(256, _OUTSIDE, dtype=np.int64)
         self._pol_lut[:2] = (0, plane) if n_pol == 2 else (0, 0)
 
-        n_pixels = self.width * self.height
-        hot = hot_pixel_mask(spec.hot_pixels, self.width, self.height)
-        self._hot = hot if hot.any() else np.zeros(0, dtype=np.uint8)
-        self._refractory = np.full(n_pixels if spec.refractory_us is not None else 0, NEVER)
-        self._denoise = np.full(n_pixels if spec.filter_us is not None else 0, NEVER)
-        filtering = self._hot.size + self._refractory.size + self._denoise.size > 0
-        self._filters = (self._hot, self._refractory, self._denoise) if filtering else None
+        hot, self._refractory, self._denoise = filter_state(
+            self.width,
+            self.height,
+            spec.hot_pixels,
+            spec.refractory_us is not None,
+            spec.filter_us is not None,
+        )
+        filtering = hot is not None or self._refractory is not None or self._denoise is not None
+        # None (not a tuple of Nones) when no filter is on: Numba compiles the filters out.
+        self._filters = (hot, self._refractory, self._denoise) if filtering else None
 
         self._out_dtype = np.dtype(spec.dtype)
         cap = _effective_cap(spec)
@@ -917,8 +918,9 @@ class FrameBuilder:
         self._st.fill(0)
         self._cnt.fill(0)
         self._reported.fill(0)
-        self._refractory.fill(NEVER)
-        self._denoise.fill(NEVER)
+        for memory in (self._refractory, self._denoise):
+            if memory is not None:
+                memory.fill(NEVER)
         self._finished = False
 
     def push(self, events: np.ndarray) -> list[Window]:
