@@ -254,7 +254,7 @@ class Drops:
         return self.hot_pixel + self.refractory + self.denoise + self.outside_roi
 
     def __add__(self, other: Drops) -> Drops:
-        return Drops(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+        return Drops(*(getattr(self, n) + getattr(other, n) for n in _DROP_FIELDS))
 
 
 @dataclass(frozen=True, eq=False)
@@ -795,6 +795,14 @@ def _windows_until(cfg: np.ndarray, origin: np.int64, t: np.int64) -> tuple[np.i
     return _first_window(cfg, origin, t), _last_window(cfg, origin, t)
 
 
+@njit(cache=True, nogil=True)
+def _move_counts(counts: np.ndarray, out: np.ndarray) -> None:
+    """out[:] = counts (converting), and zero counts: one pass instead of a cast plus a memset."""
+    for j in range(counts.shape[0]):
+        out[j] = counts[j]
+        counts[j] = 0
+
+
 # --- the builder ---------------------------------------------------------------------------------
 
 
@@ -883,6 +891,7 @@ class FrameBuilder:
         self._slot_tfirst = np.zeros(ring, dtype=np.int64)
         self._slot_tlast = np.zeros(ring, dtype=np.int64)
         self._slots = (self._slot_n, self._slot_tfirst, self._slot_tlast)
+        self._zeroed = np.zeros(ring, dtype=bool)  # slot already emptied by take_counts
         self._st = np.zeros(N_ST, dtype=np.int64)
         self._cnt = np.zeros(N_CNT, dtype=np.int64)
         self._reported = np.zeros(N_CNT, dtype=np.int64)
@@ -915,6 +924,7 @@ class FrameBuilder:
         """Start a new, unrelated stream: forget windows, origin, filter memories and counters."""
         self._acc.fill(0)
         self._slot_n.fill(0)
+        self._zeroed.fill(False)
         self._st.fill(0)
         self._cnt.fill(0)
         self._reported.fill(0)
@@ -962,24 +972,38 @@ class FrameBuilder:
 
     def take_drops(self) -> Drops:
         """Drops since the previous call (stream-order attribution to the next window)."""
+        if self._cnt.tobytes() == self._reported.tobytes():
+            return _NO_DROPS
         delta = self._cnt - self._reported
         self._reported[:] = self._cnt
         return _drops_from(delta)
 
     def slot_counts(self, slot: int) -> np.ndarray:
         """Count frame of a ring slot as a [P, H', W'] view; valid until the engine resumes."""
-        plane = int(self._cfg[C_PLANE])
-        return self._acc[slot * plane : (slot + 1) * plane].reshape(self.frame_shape)
+        return self._slot_view(slot).reshape(self.frame_shape)
 
     # -- engine, shared by the Window path and frames_for_recording. Each generator yields one
     # _Closed per completed window while its counts are still in the ring; the slot is cleared
     # when the consumer asks for the next one.
 
+    def take_counts(self, slot: int, out: np.ndarray) -> None:
+        """Move a completed window's counts into `out` (any frame dtype, same size), leaving the
+        slot zeroed: the cheap way to consume a `_Closed`."""
+        counts = self._slot_view(slot)
+        if out.dtype == np.float16:  # Numba has no float16
+            np.copyto(out.reshape(-1), counts, casting="unsafe")
+            counts.fill(0)
+        else:
+            _move_counts(counts, out.reshape(-1))
+        self._zeroed[slot] = True
+
     def _windows(self, closed: Iterator[_Closed], *, wall_clock: bool) -> Iterator[Window]:
         for c in closed:
+            frames = np.empty(self.frame_shape, dtype=self._out_dtype)
+            self.take_counts(c.slot, frames)
             yield Window(
                 index=c.index,
-                frames=self.slot_counts(c.slot).astype(self._out_dtype),
+                frames=frames,
                 t_start_us=c.t_start_us,
                 t_end_us=c.t_end_us,
                 n_events=c.n_events,
@@ -1105,9 +1129,14 @@ class FrameBuilder:
             st[S_K_EMIT] = k + 1
 
     def _clear_slot(self, slot: int) -> None:
-        plane = int(self._cfg[C_PLANE])
-        self._acc[slot * plane : (slot + 1) * plane] = 0
+        if not self._zeroed[slot]:
+            self._slot_view(slot).fill(0)
+        self._zeroed[slot] = False
         self._slot_n[slot] = 0
+
+    def _slot_view(self, slot: int) -> np.ndarray:
+        plane = int(self._cfg[C_PLANE])
+        return self._acc[slot * plane : (slot + 1) * plane]
 
 
 class _Closed(NamedTuple):
@@ -1117,6 +1146,10 @@ class _Closed(NamedTuple):
     t_end_us: int
     n_events: int
     partial: bool
+
+
+_NO_DROPS = Drops()
+_DROP_FIELDS = tuple(f.name for f in fields(Drops))
 
 
 def _drops_from(cnt: np.ndarray) -> Drops:
@@ -1206,7 +1239,7 @@ def bin_recording(
             if limit is not None and c.index >= limit:
                 beyond[0] += c.n_events
             else:
-                store.put(c, builder.slot_counts(c.slot))
+                builder.take_counts(c.slot, store.slot(c))
 
     store_all(builder._feed(events))
     if spec.kind == "bins":
@@ -1292,7 +1325,9 @@ class _GrowingFrames:
         self.meta = np.zeros((max(capacity, 1), 4), dtype=np.int64)
         self.size = 0
 
-    def put(self, closed: _Closed, counts: np.ndarray) -> None:
+    def slot(self, closed: _Closed) -> np.ndarray:
+        """The output frame for a closed window (growing the arrays when needed), its metadata
+        recorded; the caller fills the frame."""
         k = closed.index
         if k >= self.frames.shape[0]:
             most = _MAX_OUTPUT_BYTES // max(self.frame_bytes, 1)
@@ -1309,14 +1344,13 @@ class _GrowingFrames:
             meta = np.zeros((grow, 4), dtype=np.int64)
             meta[: self.size] = self.meta[: self.size]
             self.frames, self.meta = frames, meta
-        np.copyto(self.frames[k], counts, casting="unsafe")
         self.meta[k] = (closed.t_start_us, closed.t_end_us, closed.n_events, closed.partial)
         self.size = max(self.size, k + 1)
+        return self.frames[k]
 
     def result(self, size: int, drops: Drops, beyond: int) -> BinnedRecording:
         if size > self.frames.shape[0]:
-            empty = _Closed(size - 1, 0, 0, 0, 0, False)
-            self.put(empty, np.zeros(self.frames.shape[1:], np.uint8))
+            self.slot(_Closed(size - 1, 0, 0, 0, 0, False))
         meta = self.meta[:size]
         return BinnedRecording(
             frames=self.frames[:size],
