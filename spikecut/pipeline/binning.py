@@ -64,6 +64,7 @@ _INT32_MAX = 2**31 - 1
 _MAX_BINS = 1_000_000
 #: frames_for_recording refuses outputs beyond this size instead of exhausting memory.
 _MAX_OUTPUT_BYTES = 16 * 2**30
+_INITIAL_OUTPUT_BYTES = 2 * 2**30
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> int:
@@ -1220,8 +1221,6 @@ def bin_recording(
         capacity = (n_valid - 1) // (spec.stride_events or spec.event_count) + 1
     else:
         capacity = max(t_max - t_first, 0) // (spec.stride_us or spec.window_us) + 1
-    if not exact:  # only an estimate: start small, grow when needed
-        capacity = min(capacity, 1 << 12)
     frame_bytes = int(np.prod(frame_shape)) * np.dtype(spec.dtype).itemsize
     if spec.max_gap_us is None and capacity * frame_bytes > _MAX_OUTPUT_BYTES:
         raise EventDataError(
@@ -1319,8 +1318,9 @@ class _GrowingFrames:
 
     def __init__(self, capacity: int, shape: tuple[int, int, int], dtype: np.dtype) -> None:
         self.frame_bytes = int(np.prod(shape)) * dtype.itemsize
-        # Start from the estimate but within reason; `put` grows the arrays when needed.
-        capacity = min(capacity, 1 << 16, max(1, (256 << 20) // max(self.frame_bytes, 1)))
+        # Start from the estimate (zeroed memory costs nothing until written) but within reason;
+        # `slot` grows the arrays when the estimate was short.
+        capacity = min(capacity, max(1, _INITIAL_OUTPUT_BYTES // max(self.frame_bytes, 1)))
         self.frames = np.zeros((max(capacity, 1), *shape), dtype=dtype)
         self.meta = np.zeros((max(capacity, 1), 4), dtype=np.int64)
         self.size = 0
