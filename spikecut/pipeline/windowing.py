@@ -142,7 +142,9 @@ class _Buffer:
             self._pending = self._pending + old.drops + lost
             self._backpressure = self._backpressure + lost
         self._items.append(window)
-        self._wake(self._wake_consumer)
+        if self._wake_consumer is not None and not self._wake_consumer.done():
+            self._wake(self._wake_consumer)
+            await asyncio.sleep(0)  # let a waiting consumer take it now, not after the chunk
 
     async def close(self, error: BaseException | None = None) -> None:
         self._closed = True
