@@ -62,6 +62,20 @@ FRAME_DTYPES = ("float32", "float16", "float64", "uint8", "int16", "uint16", "in
 END_OPTIONS = ("emit", "drop")
 _INT32_MAX = 2**31 - 1
 _MAX_BINS = 1_000_000
+_INT_OPTIONS = (
+    "window_us",
+    "stride_us",
+    "event_count",
+    "stride_events",
+    "n_bins",
+    "span_us",
+    "polarities",
+    "clip",
+    "downsample",
+    "filter_us",
+    "refractory_us",
+    "max_gap_us",
+)
 #: frames_for_recording refuses outputs beyond this size instead of exhausting memory.
 _MAX_OUTPUT_BYTES = 16 * 2**30
 _INITIAL_OUTPUT_BYTES = 2 * 2**30
@@ -164,6 +178,10 @@ class WindowSpec:
         object.__setattr__(self, "hot_pixels", tuple(sorted(set(pixels))))
         if self.max_gap_us is not None:
             check_duration("WindowSpec.max_gap_us", self.max_gap_us)
+        for name in _INT_OPTIONS:  # numpy integers become plain ints: the spec must be JSON-safe
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, int(value))
 
     # -- derived values --
 
