@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"spikecut {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_file_commands(commands)
+    _add_view_command(commands)
     return parser
 
 
@@ -72,6 +73,51 @@ def _add_file_commands(commands: argparse._SubParsersAction) -> None:
     )
     read_options(convert)
     convert.set_defaults(handler=_convert)
+
+
+def _add_view_command(commands: argparse._SubParsersAction) -> None:
+    view = commands.add_parser(
+        "view",
+        help="render a recording as the windows a network sees (grid image or animated GIF)",
+    )
+    view.add_argument("path", help="event file (any format `spikecut info` reads)")
+    view.add_argument(
+        "--out", required=True, help="output: .png/.jpg/.pdf/.svg for a grid, .gif for animation"
+    )
+    view.add_argument(
+        "--window-us",
+        type=_positive_int,
+        help="window length in µs from the first event (default: --panels equal windows over "
+        "the whole recording)",
+    )
+    view.add_argument("--panels", type=_positive_int, default=16, help="number of windows shown")
+    view.add_argument("--cols", type=_positive_int, help="grid columns (default: about square)")
+    view.add_argument(
+        "--downsample", type=_positive_int, default=1, help="integer spatial downsampling factor"
+    )
+    view.add_argument("--fps", type=float, default=5.0, help="GIF frames per second")
+    view.add_argument("--format", help="skip detection: the file's format name")
+    view.add_argument("--lenient", action="store_true", help="drop bad events instead of failing")
+    view.add_argument(
+        "--sensor-size", type=_sensor_size, metavar="WxH", help="override the file's sensor size"
+    )
+    view.set_defaults(handler=_view)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _view(args: argparse.Namespace) -> int:
+    from spikecut.pipeline.view import view_command
+
+    return view_command(args)
 
 
 def _info(args: argparse.Namespace) -> int:
