@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pickle
 import shutil
 import sys
@@ -294,6 +295,29 @@ def test_frames_dataset_feeds_a_dataloader_and_augments_training_only():
     assert len(shifted) > 1
     batch, labels = next(iter(torch.utils.data.DataLoader(train, batch_size=4)))
     assert batch.shape == (4, 5, 2, 34, 34) and labels.tolist() == small.train.labels[:4].tolist()
+
+
+def test_frames_dataset_with_the_pipelines_own_framing(digits, real_nmnist):
+    from spikecut.pipeline.binning import WindowSpec, frames_for_recording
+
+    preset = PRESETS["nmnist"]
+    spec = WindowSpec(n_bins=preset.timesteps, span_us=preset.span_us)
+    framing = functools.partial(frames_for_recording, spec=spec)
+    for dataset in (digits, real_nmnist):
+        frames_set = FramesDataset(dataset, framing)
+        frames, label = frames_set[4]
+        events = dataset.load(4)
+        assert frames.shape == (10, 2, 34, 34) and label == dataset.labels[4]
+        in_span = np.sum(events["t"] < events["t"][0] + preset.span_us)
+        assert frames.sum().item() == in_span
+        # The three saccades show up as three busy thirds of the bins.
+        per_bin = frames.sum(dim=(1, 2, 3)).numpy()
+        assert per_bin.min() >= 0 and per_bin[[1, 4, 8]].min() > per_bin[[0, 9]].max()
+    augmented = FramesDataset(digits, framing, RandomTranslate(5), seed=3)
+    rng = np.random.default_rng([3, 0, 4])
+    dx, dy = rng.integers(-5, 6, size=2)
+    expected = translate_frames(framing(digits.load(4), digits.sensor_size), int(dx), int(dy))
+    np.testing.assert_array_equal(augmented.frames(4), expected)
 
 
 def test_frames_dataset_rejects_framing_of_the_wrong_rank(digits):
