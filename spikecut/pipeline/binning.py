@@ -447,6 +447,31 @@ def _count_run(
 
 
 @njit(cache=True, nogil=True)
+def _count_run_unclipped(
+    events: np.ndarray,
+    i: int,
+    i_end: int,
+    t_lo: np.int64,
+    t_span: np.uint64,
+    pol_lut: np.ndarray,
+    row_lut: np.ndarray,
+    col_lut: np.ndarray,
+    frame: np.ndarray,
+) -> int:
+    """`_count_run` for a run in which no count can reach the cap (the caller proves it), so
+    without the saturation test: about 1.3x faster. Returns where it stopped."""
+    for k in range(i, i_end):
+        e = events[np.uint64(k)]
+        pol = pol_lut[e.p]
+        row = row_lut[e.y]
+        col = col_lut[e.x]
+        if (np.uint64(e.t - t_lo) >= t_span) | ((pol | row | col) < 0):
+            return k
+        frame[np.uint64(pol + row + col)] += 1
+    return i_end
+
+
+@njit(cache=True, nogil=True)
 def _filtered_run(
     events: np.ndarray,
     i: int,
@@ -561,15 +586,19 @@ def _run_segment(
     col_lut: np.ndarray,
     filters: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
     acc: np.ndarray,
+    slot_n: np.ndarray,
 ) -> int:
     """Count the events that continue the current single-window segment (the common case).
 
     `filters` is None when no filter is on: Numba then compiles this without the filtered loop,
-    which keeps the unfiltered hot loop about 1.7x faster.
+    which keeps the unfiltered hot loop about 1.7x faster. No count of the slot exceeds the
+    number of events counted into it so far, so the first cap - that many events cannot
+    saturate and take the loop without the saturation test.
     """
     n = events.shape[0]
     plane = cfg[C_PLANE]
-    base = st[S_SEG_SLOT] * plane
+    slot = st[S_SEG_SLOT]
+    base = slot * plane
     frame = acc[base : base + plane]
     if cfg[C_MODE] == MODE_COUNT:
         t_lo, t_span = -T_LIMIT, np.uint64(2 * T_LIMIT + 1)
@@ -579,18 +608,27 @@ def _run_segment(
         budget = n
     start = i
     if filters is None:
-        i, clipped = _count_run(
-            events,
-            i,
-            min(n, i + budget),
-            t_lo,
-            t_span,
-            pol_lut,
-            row_lut,
-            col_lut,
-            frame,
-            cfg[C_CAP],
-        )
+        i_end = min(n, i + budget)
+        clipped = np.int64(0)
+        room = cfg[C_CAP] - slot_n[slot] - st[S_SEG_COUNT]
+        stop = min(i_end, i + max(room, 0))
+        if stop > i:
+            i = _count_run_unclipped(
+                events, i, stop, t_lo, t_span, pol_lut, row_lut, col_lut, frame
+            )
+        if i == stop and stop < i_end:
+            i, clipped = _count_run(
+                events,
+                i,
+                i_end,
+                t_lo,
+                t_span,
+                pol_lut,
+                row_lut,
+                col_lut,
+                frame,
+                cfg[C_CAP],
+            )
         counted = i - start
         if counted != 0:
             _tally(st, counted, events[start].t, events[i - 1].t)
@@ -1058,7 +1096,7 @@ class FrameBuilder:
         st[S_STATUS] = RUN_DONE
         while i < n:
             if st[S_SEG_VALID] != 0 and st[S_SEG_N] == 1:
-                i = _run_segment(events, i, *args, self._filters, self._acc)
+                i = _run_segment(events, i, *args, self._filters, self._acc, self._slot_n)
                 if i >= n:
                     break
             i = _general(events, i, *args, self._filters, self._acc, *self._slots)
