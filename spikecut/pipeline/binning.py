@@ -317,8 +317,9 @@ MODE_TIME, MODE_COUNT, MODE_BINS = 0, 1, 2
     C_CAP,
     C_RING,
     C_MAX_GAP,
+    C_ROOM,
     N_CFG,
-) = range(14)
+) = range(15)
 
 # st: mutable state carried across chunks
 (
@@ -591,8 +592,9 @@ def _run_segment(
 
     `filters` is None when no filter is on: Numba then compiles this without the filtered loop,
     which keeps the unfiltered hot loop about 1.7x faster. No count of the slot exceeds the
-    number of events counted into it so far, so the first cap - that many events cannot
-    saturate and take the loop without the saturation test.
+    number of events counted into it so far, so the next C_ROOM - that many events take the loop
+    without the saturation test: C_ROOM is the cap (nothing can saturate), or, when the builder
+    defers saturation to `take_counts`, the largest count its accumulators hold.
     """
     n = events.shape[0]
     plane = cfg[C_PLANE]
@@ -609,7 +611,7 @@ def _run_segment(
     if filters is None:
         i_end = min(n, i + budget)
         clipped = np.int64(0)
-        room = cfg[C_CAP] - slot_n[slot] - st[S_SEG_COUNT]
+        room = cfg[C_ROOM] - slot_n[slot] - st[S_SEG_COUNT]
         stop = min(i_end, i + max(room, 0))
         if stop > i:
             i = _count_run_unclipped(events, i, stop, t_lo, t_span, lut, frame)
@@ -857,6 +859,104 @@ def _move_counts(counts: np.ndarray, out: np.ndarray) -> None:
         counts[j] = 0
 
 
+@njit(cache=True, nogil=True)
+def _move_saturated(
+    counts: np.ndarray, out: np.ndarray, cap: np.int64, total: np.int64
+) -> np.int64:
+    """`_move_counts` for deferred saturation (uint32 counts): out[:] = min(counts, cap); returns
+    the increments beyond the cap (what the saturation test would have counted as clipped).
+
+    `total`, the events counted into the frame, bounds every count and their sum: at most the cap,
+    nothing can saturate (a plain move); otherwise the move notes the largest count and only if it
+    is over the cap does a second, saturating pass follow.
+    """
+    if total <= cap:
+        _move_counts(counts, out)
+        return np.int64(0)
+    top = np.uint32(0)
+    for j in range(counts.shape[0]):
+        c = counts[j]
+        top = max(top, c)
+        out[j] = c
+    if top <= cap:
+        counts[:] = 0
+        return np.int64(0)
+    cap32 = np.uint32(cap)
+    if total <= np.iinfo(np.uint32).max:  # the excess fits 32 bits: a vectorisable sum
+        excess32 = np.uint32(0)
+        for j in range(counts.shape[0]):
+            c = counts[j]
+            m = min(c, cap32)
+            excess32 += c - m
+            out[j] = m
+            counts[j] = 0
+        return np.int64(excess32)
+    excess = np.uint64(0)
+    for j in range(counts.shape[0]):
+        c = counts[j]
+        m = min(c, cap32)
+        excess += np.uint64(c - m)
+        out[j] = m
+        counts[j] = 0
+    return np.int64(excess)
+
+
+@njit(cache=True, nogil=True)
+def _clear_saturated(counts: np.ndarray, cap: np.int64) -> np.int64:
+    """Zero a count frame nobody takes (deferred saturation); returns its increments beyond cap."""
+    excess = np.int64(0)
+    for j in range(counts.shape[0]):
+        excess += max(np.int64(counts[j]) - cap, 0)
+        counts[j] = 0
+    return excess
+
+
+@njit(cache=True, nogil=True)
+def _store_closed(
+    cfg: np.ndarray,
+    st: np.ndarray,
+    cnt: np.ndarray,
+    acc: np.ndarray,
+    slot_n: np.ndarray,
+    slot_tfirst: np.ndarray,
+    slot_tlast: np.ndarray,
+    frames: np.ndarray,
+    meta: np.ndarray,
+    tally: np.ndarray,
+    limit: np.int64,
+) -> np.int64:
+    """`_Recording.store_closed` in one call: completed windows k (k < limit, or all when limit is
+    negative) go to frames[k] (saturated) and meta[k] = (t_start, t_end, n_events, partial=0);
+    tally = (events of windows beyond limit, windows stored up to). Returns -1 when done, or the
+    first window that does not fit in `frames` (nothing moved for it)."""
+    ring = cfg[C_RING]
+    plane = cfg[C_PLANE]
+    cap = cfg[C_CAP]
+    origin = st[S_ORIGIN]
+    for k in range(st[S_K_EMIT], st[S_K_CLOSE]):
+        slot = k % ring
+        counts = acc[slot * plane : (slot + 1) * plane]
+        if 0 <= limit <= k:
+            tally[0] += slot_n[slot]
+            cnt[K_CLIPPED] += _clear_saturated(counts, cap)
+        else:
+            if k >= frames.shape[0]:
+                return k
+            if cfg[C_MODE] == MODE_COUNT:
+                t_start, t_end = slot_tfirst[slot], slot_tlast[slot] + 1
+            else:
+                t_start, t_end = _start(cfg, origin, k), _end(cfg, origin, k)
+            meta[k, 0] = t_start
+            meta[k, 1] = t_end
+            meta[k, 2] = slot_n[slot]
+            meta[k, 3] = 0
+            cnt[K_CLIPPED] += _move_saturated(counts, frames[k], cap, slot_n[slot])
+            tally[1] = max(tally[1], k + 1)
+        slot_n[slot] = 0
+        st[S_K_EMIT] = k + 1
+    return -1
+
+
 # --- the builder ---------------------------------------------------------------------------------
 
 
@@ -881,6 +981,9 @@ class FrameBuilder:
     started-but-incomplete windows. Memory is fixed at construction: a ring of a few count frames
     plus per-pixel filter memories; each produced `Window` gets a fresh copy of its small frame.
     """
+
+    #: Saturate counts when a window is taken instead of at every increment (see `_Recording`).
+    _defers_saturation = False
 
     def __init__(self, spec: WindowSpec, sensor: StreamInfo | tuple[int, ...]) -> None:
         if not spec.streamable:
@@ -941,7 +1044,12 @@ class FrameBuilder:
         cfg[C_MAX_GAP] = spec.max_gap_us or 0
         self._cfg = cfg
         self._ring = ring
-        self._acc = np.zeros(ring * n_pol * plane, dtype=_count_dtype(cap))
+        # Counts saturate at every increment (C_ROOM = cap: the saturation test is skipped only
+        # where no count can reach the cap), or, deferring, when the window is taken: then the
+        # accumulators are wide and the test is skipped until they could overflow.
+        acc_dtype = np.dtype(np.uint32) if self._defers_saturation else _count_dtype(cap)
+        cfg[C_ROOM] = np.iinfo(acc_dtype).max if self._defers_saturation else cap
+        self._acc = np.zeros(ring * n_pol * plane, dtype=acc_dtype)
         self._slot_n = np.zeros(ring, dtype=np.int64)
         self._slot_tfirst = np.zeros(ring, dtype=np.int64)
         self._slot_tlast = np.zeros(ring, dtype=np.int64)
@@ -1045,7 +1153,16 @@ class FrameBuilder:
         """Move a completed window's counts into `out` (any frame dtype, same size), leaving the
         slot zeroed: the cheap way to consume a `_Closed`."""
         counts = self._slot_view(slot)
-        if out.dtype == np.float16:  # Numba has no float16
+        if self._defers_saturation:
+            cap = self._cfg[C_CAP]
+            if out.dtype == np.float16:  # Numba has no float16
+                np.copyto(out.reshape(-1), np.minimum(counts, cap), casting="unsafe")
+                self._cnt[K_CLIPPED] += _clear_saturated(counts, cap)
+            else:
+                self._cnt[K_CLIPPED] += _move_saturated(
+                    counts, out.reshape(-1), cap, self._slot_n[slot]
+                )
+        elif out.dtype == np.float16:
             np.copyto(out.reshape(-1), counts, casting="unsafe")
             counts.fill(0)
         else:
@@ -1186,7 +1303,11 @@ class FrameBuilder:
             st[S_K_EMIT] = k + 1
 
     def _clear_slot(self, slot: int) -> None:
-        if not self._zeroed[slot]:
+        if self._zeroed[slot]:
+            pass
+        elif self._defers_saturation:
+            self._cnt[K_CLIPPED] += _clear_saturated(self._slot_view(slot), self._cfg[C_CAP])
+        else:
             self._slot_view(slot).fill(0)
         self._zeroed[slot] = False
         self._slot_n[slot] = 0
@@ -1194,6 +1315,29 @@ class FrameBuilder:
     def _slot_view(self, slot: int) -> np.ndarray:
         plane = int(self._cfg[C_PLANE])
         return self._acc[slot * plane : (slot + 1) * plane]
+
+
+class _Recording(FrameBuilder):
+    """The builder of `bin_recording`: same frames and totals, but counts saturate only when a
+    window is taken (wide accumulators), so the hot loop never tests for saturation. That moves
+    `clipped` increments from event time to window time, which only whole-recording totals can
+    see; a streaming `Window` keeps its exact stream-order attribution."""
+
+    _defers_saturation = True
+
+    def store_closed(self, store: _GrowingFrames, limit: int) -> None:
+        """Move every window completed so far (not partial) into `store`, growing it as needed;
+        windows from `limit` on are not stored (n_bins beyond a fixed span)."""
+        meta, tally = store.meta, store.tally
+        frames = store.frames.reshape(store.frames.shape[0], -1)
+        while True:
+            k = _store_closed(
+                self._cfg, self._st, self._cnt, self._acc, *self._slots, frames, meta, tally, limit
+            )
+            if k < 0:
+                return
+            store.grow(int(k))
+            meta, frames = store.meta, store.frames.reshape(store.frames.shape[0], -1)
 
 
 class _Closed(NamedTuple):
@@ -1267,7 +1411,7 @@ def bin_recording(
                 "than the 2**40 µs a WindowSpec allows; set span_us explicitly"
             )
         spec = spec.with_(span_us=span)
-    builder = FrameBuilder(spec, (width, height))
+    builder = _Recording(spec, (width, height))
     frame_shape = builder.frame_shape
     if spec.kind == "bins":
         capacity = spec.n_bins
@@ -1286,17 +1430,22 @@ def bin_recording(
             "or set max_gap_us"
         )
     store = _GrowingFrames(capacity, frame_shape, np.dtype(spec.dtype))
-    limit = spec.n_bins if spec.kind == "bins" else None
-    beyond = [0]
+    limit = spec.n_bins if spec.kind == "bins" else -1
 
     def store_all(closed: Iterator[_Closed]) -> None:
         for c in closed:
-            if limit is not None and c.index >= limit:
-                beyond[0] += c.n_events
+            if 0 <= limit <= c.index:
+                store.tally[0] += c.n_events
             else:
                 builder.take_counts(c.slot, store.slot(c))
 
-    store_all(builder._feed(events))
+    # builder._feed without a Python step per window: completed windows go straight to the store.
+    i, n = 0, len(events)
+    while i < n:
+        i = builder._bin(events, i)
+        builder.store_closed(store, limit)
+        if builder._st[S_STATUS] == RUN_GAP:
+            store_all(builder._resync(int(events["t"][i])))
     if spec.kind == "bins":
         # The span is fixed: complete all n_bins (empty ones too), then fill in the boundaries of
         # bins that never started (only possible after a resync).
@@ -1307,7 +1456,7 @@ def bin_recording(
         if builder.has_origin and builder.totals.resyncs == 0:
             store_all(builder._advance(t_first + spec.span_us))
         store_all(builder._finish("emit"))
-        result = store.result(spec.n_bins, builder.totals, beyond[0])
+        result = store.result(spec.n_bins, builder.totals)
         if builder.has_origin:
             k = np.arange(spec.n_bins, dtype=np.int64)
             n, span = spec.n_bins, spec.span_us
@@ -1315,7 +1464,7 @@ def bin_recording(
             result.t_end_us[:] = t_first + ((k + 1) * span + n - 1) // n
         return result
     store_all(builder._finish(end))
-    return store.result(store.size, builder.totals, 0)
+    return store.result(store.size, builder.totals)
 
 
 def frames_for_recording(
@@ -1370,52 +1519,67 @@ def _scan_valid(events: np.ndarray, width: int, height: int) -> tuple[int, np.in
 
 
 class _GrowingFrames:
-    """Output frames indexed by window number; grows by doubling when an estimate was short."""
+    """Output frames indexed by window number; grows by doubling when an estimate was short.
+
+    float16 frames are kept as float32 until `result` (Numba has no float16; counts saturate at
+    65504, and every integer up to that is exact in float32, so the final cast rounds once)."""
 
     def __init__(self, capacity: int, shape: tuple[int, int, int], dtype: np.dtype) -> None:
-        self.frame_bytes = int(np.prod(shape)) * dtype.itemsize
+        self.dtype = dtype
+        store_dtype = np.dtype(np.float32) if dtype == np.float16 else dtype
+        self.frame_bytes = int(np.prod(shape)) * store_dtype.itemsize
         # Start from the estimate (zeroed memory costs nothing until written) but within reason;
-        # `slot` grows the arrays when the estimate was short.
+        # `grow` grows the arrays when the estimate was short.
         capacity = min(capacity, max(1, _INITIAL_OUTPUT_BYTES // max(self.frame_bytes, 1)))
-        self.frames = np.zeros((max(capacity, 1), *shape), dtype=dtype)
+        self.frames = np.zeros((max(capacity, 1), *shape), dtype=store_dtype)
         self.meta = np.zeros((max(capacity, 1), 4), dtype=np.int64)
-        self.size = 0
+        self.tally = np.zeros(2, dtype=np.int64)  # events beyond the span, windows stored up to
+
+    @property
+    def size(self) -> int:
+        return int(self.tally[1])
+
+    def grow(self, k: int) -> None:
+        """Make room for window k."""
+        if k < self.frames.shape[0]:
+            return
+        most = _MAX_OUTPUT_BYTES // max(self.frame_bytes, 1)
+        if k + 1 > most:
+            raise EventDataError(
+                f"the recording would need at least {k + 1} windows "
+                f"({(k + 1) * self.frame_bytes / 2**30:.1f} GiB of frames, over the "
+                f"{_MAX_OUTPUT_BYTES // 2**30} GiB limit): check its timestamps, use longer "
+                "windows or a smaller max_gap_us"
+            )
+        grow = min(max(k + 1, 2 * self.frames.shape[0]), most)
+        size = self.size
+        frames = np.zeros((grow, *self.frames.shape[1:]), dtype=self.frames.dtype)
+        frames[:size] = self.frames[:size]
+        meta = np.zeros((grow, 4), dtype=np.int64)
+        meta[:size] = self.meta[:size]
+        self.frames, self.meta = frames, meta
 
     def slot(self, closed: _Closed) -> np.ndarray:
         """The output frame for a closed window (growing the arrays when needed), its metadata
         recorded; the caller fills the frame."""
         k = closed.index
-        if k >= self.frames.shape[0]:
-            most = _MAX_OUTPUT_BYTES // max(self.frame_bytes, 1)
-            if k + 1 > most:
-                raise EventDataError(
-                    f"the recording would need at least {k + 1} windows "
-                    f"({(k + 1) * self.frame_bytes / 2**30:.1f} GiB of frames, over the "
-                    f"{_MAX_OUTPUT_BYTES // 2**30} GiB limit): check its timestamps, use longer "
-                    "windows or a smaller max_gap_us"
-                )
-            grow = min(max(k + 1, 2 * self.frames.shape[0]), most)
-            frames = np.zeros((grow, *self.frames.shape[1:]), dtype=self.frames.dtype)
-            frames[: self.size] = self.frames[: self.size]
-            meta = np.zeros((grow, 4), dtype=np.int64)
-            meta[: self.size] = self.meta[: self.size]
-            self.frames, self.meta = frames, meta
+        self.grow(k)
         self.meta[k] = (closed.t_start_us, closed.t_end_us, closed.n_events, closed.partial)
-        self.size = max(self.size, k + 1)
+        self.tally[1] = max(self.size, k + 1)
         return self.frames[k]
 
-    def result(self, size: int, drops: Drops, beyond: int) -> BinnedRecording:
-        if size > self.frames.shape[0]:
-            self.slot(_Closed(size - 1, 0, 0, 0, 0, False))
+    def result(self, size: int, drops: Drops) -> BinnedRecording:
+        self.grow(size - 1)
         meta = self.meta[:size]
+        frames = self.frames[:size]
         return BinnedRecording(
-            frames=self.frames[:size],
+            frames=frames if frames.dtype == self.dtype else frames.astype(self.dtype),
             t_start_us=meta[:, 0].copy(),
             t_end_us=meta[:, 1].copy(),
             n_events=meta[:, 2].copy(),
             partial=meta[:, 3].astype(bool),
             drops=drops,
-            beyond_span=beyond,
+            beyond_span=int(self.tally[0]),
         )
 
 
