@@ -39,6 +39,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -924,9 +925,10 @@ def _store_closed(
     meta: np.ndarray,
     tally: np.ndarray,
     limit: np.int64,
+    partial: bool,
 ) -> np.int64:
-    """`_Recording.store_closed` in one call: completed windows k (k < limit, or all when limit is
-    negative) go to frames[k] (saturated) and meta[k] = (t_start, t_end, n_events, partial=0);
+    """`_Recording._drain` in one call: completed windows k (k < limit, or all when limit is
+    negative) go to frames[k] (saturated) and meta[k] = (t_start, t_end, n_events, partial);
     tally = (events of windows beyond limit, windows stored up to). Returns -1 when done, or the
     first window that does not fit in `frames` (nothing moved for it)."""
     ring = cfg[C_RING]
@@ -949,7 +951,7 @@ def _store_closed(
             meta[k, 0] = t_start
             meta[k, 1] = t_end
             meta[k, 2] = slot_n[slot]
-            meta[k, 3] = 0
+            meta[k, 3] = partial
             cnt[K_CLIPPED] += _move_saturated(counts, frames[k], cap, slot_n[slot])
             tally[1] = max(tally[1], k + 1)
         slot_n[slot] = 0
@@ -973,6 +975,23 @@ def _effective_cap(spec: WindowSpec) -> int:
     return min(spec.clip or _INT32_MAX, dtype_max)
 
 
+@lru_cache(maxsize=16)
+def _lookup_table(
+    width: int, height: int, roi: tuple[int, int, int, int], downsample: int, n_pol: int
+) -> np.ndarray:
+    """Columns (x), rows (y, at offset 65536) and polarities (p, at 131072) to offsets in the flat
+    frame; negative = not in the frame (outside the sensor, outside the ROI, polarity > 1). Full
+    uint16/uint8 range, so the hot loop validates with a single sign test. Shared by every builder
+    of the same geometry (1 MB, and filling it dominated short recordings); never written."""
+    x0, y0, roi_w, roi_h = roi
+    w_out, h_out = -(-roi_w // downsample), -(-roi_h // downsample)
+    lut = np.full(2 * 65536 + 256, _OUTSIDE, dtype=np.int64)
+    lut[x0 : x0 + roi_w] = np.arange(roi_w) // downsample
+    lut[65536 + y0 : 65536 + y0 + roi_h] = (np.arange(roi_h) // downsample) * w_out
+    lut[2 * 65536 : 2 * 65536 + 2] = (0, h_out * w_out) if n_pol == 2 else (0, 0)
+    return lut
+
+
 class FrameBuilder:
     """Incremental events-to-frames for one stream; the engine behind both windowing paths.
 
@@ -991,23 +1010,22 @@ class FrameBuilder:
                 "n_bins over the recording's own span needs the whole recording: set "
                 "WindowSpec.span_us to stream, or use frames_for_recording"
             )
+        self._setup(spec, sensor, spec.span_us)
+
+    def _setup(
+        self, spec: WindowSpec, sensor: StreamInfo | tuple[int, ...], span_us: int | None
+    ) -> None:
         self.spec = spec
         self.width, self.height = sensor_dims(sensor)
-        x0, y0, roi_w, roi_h = spec._roi(self.width, self.height)
         self.frame_shape = spec.frame_shape((self.width, self.height))
         n_pol, h_out, w_out = self.frame_shape
         plane = h_out * w_out
-        f = spec.downsample
-        # Lookup tables from sensor coordinates to offsets in the flat frame; negative = not in
-        # the frame (outside the sensor, outside the ROI, polarity > 1). Full uint16/uint8 range,
-        # so the hot loop validates with a single sign test.
-        self._lut = np.full(2 * 65536 + 256, _OUTSIDE, dtype=np.int64)
+        self._lut = _lookup_table(
+            self.width, self.height, spec._roi(self.width, self.height), spec.downsample, n_pol
+        )
         self._col_lut = self._lut[:65536]
-        self._col_lut[x0 : x0 + roi_w] = np.arange(roi_w) // f
         self._row_lut = self._lut[65536 : 2 * 65536]
-        self._row_lut[y0 : y0 + roi_h] = (np.arange(roi_h) // f) * w_out
         self._pol_lut = self._lut[2 * 65536 :]
-        self._pol_lut[:2] = (0, plane) if n_pol == 2 else (0, 0)
 
         hot, self._refractory, self._denoise = filter_state(
             self.width,
@@ -1035,7 +1053,7 @@ class FrameBuilder:
         cfg = np.zeros(N_CFG, dtype=np.int64)
         cfg[C_WIDTH], cfg[C_HEIGHT], cfg[C_MODE] = self.width, self.height, mode
         cfg[C_WINDOW], cfg[C_STRIDE] = window, stride
-        cfg[C_SPAN], cfg[C_NBINS] = spec.span_us or 1, spec.n_bins or 1
+        cfg[C_SPAN], cfg[C_NBINS] = span_us or 1, spec.n_bins or 1
         cfg[C_PLANE] = n_pol * plane
         cfg[C_REFRACTORY_US] = spec.refractory_us or 0
         cfg[C_FILTER_US] = spec.filter_us or 0
@@ -1058,7 +1076,7 @@ class FrameBuilder:
         self._st = np.zeros(N_ST, dtype=np.int64)
         self._cnt = np.zeros(N_CNT, dtype=np.int64)
         self._reported = np.zeros(N_CNT, dtype=np.int64)
-        self.reset()
+        self._finished = False  # everything above starts as reset() leaves it
 
     # -- public API --
 
@@ -1153,16 +1171,7 @@ class FrameBuilder:
         """Move a completed window's counts into `out` (any frame dtype, same size), leaving the
         slot zeroed: the cheap way to consume a `_Closed`."""
         counts = self._slot_view(slot)
-        if self._defers_saturation:
-            cap = self._cfg[C_CAP]
-            if out.dtype == np.float16:  # Numba has no float16
-                np.copyto(out.reshape(-1), np.minimum(counts, cap), casting="unsafe")
-                self._cnt[K_CLIPPED] += _clear_saturated(counts, cap)
-            else:
-                self._cnt[K_CLIPPED] += _move_saturated(
-                    counts, out.reshape(-1), cap, self._slot_n[slot]
-                )
-        elif out.dtype == np.float16:
+        if out.dtype == np.float16:  # Numba has no float16
             np.copyto(out.reshape(-1), counts, casting="unsafe")
             counts.fill(0)
         else:
@@ -1318,26 +1327,56 @@ class FrameBuilder:
 
 
 class _Recording(FrameBuilder):
-    """The builder of `bin_recording`: same frames and totals, but counts saturate only when a
-    window is taken (wide accumulators), so the hot loop never tests for saturation. That moves
-    `clipped` increments from event time to window time, which only whole-recording totals can
-    see; a streaming `Window` keeps its exact stream-order attribution."""
+    """The builder of `bin_recording`: the same engine, with two differences that only
+    whole-recording results can see.
+
+    - Completed windows go straight into the output (`_store_closed`, one compiled call per
+      batch) instead of one Python step each.
+    - Counts saturate when a window is taken (wide counters), so the hot loop never tests for
+      saturation. That moves `clipped` increments from event time to window time; totals are
+      the same, and a streaming `Window` keeps its exact stream-order attribution.
+
+    n_bins over the recording's own span is allowed: `span_us` is that span.
+    """
 
     _defers_saturation = True
 
-    def store_closed(self, store: _GrowingFrames, limit: int) -> None:
-        """Move every window completed so far (not partial) into `store`, growing it as needed;
-        windows from `limit` on are not stored (n_bins beyond a fixed span)."""
-        meta, tally = store.meta, store.tally
-        frames = store.frames.reshape(store.frames.shape[0], -1)
+    def __init__(
+        self,
+        spec: WindowSpec,
+        sensor: StreamInfo | tuple[int, ...],
+        span_us: int | None,
+        store: _GrowingFrames,
+    ) -> None:
+        self._setup(spec, sensor, span_us)
+        self._store = store
+        self._limit = spec.n_bins if spec.kind == "bins" else -1
+
+    def run(self, steps: Iterator[_Closed]) -> None:
+        """Drive one of the engine's generators (they yield nothing here: see `_drain`)."""
+        for _ in steps:
+            raise AssertionError("_Recording stores windows itself")
+
+    def _drain(self, *, partial: bool) -> Iterator[_Closed]:
+        """Store the completed windows (from the n_bins limit on: count them as beyond the
+        span), growing the output as needed."""
+        store = self._store
         while True:
             k = _store_closed(
-                self._cfg, self._st, self._cnt, self._acc, *self._slots, frames, meta, tally, limit
+                self._cfg,
+                self._st,
+                self._cnt,
+                self._acc,
+                *self._slots,
+                store.frames.reshape(store.frames.shape[0], -1),
+                store.meta,
+                store.tally,
+                self._limit,
+                partial,
             )
             if k < 0:
-                return
+                return iter(())
             store.grow(int(k))
-            meta, frames = store.meta, store.frames.reshape(store.frames.shape[0], -1)
 
 
 class _Closed(NamedTuple):
@@ -1403,16 +1442,15 @@ def bin_recording(
     else:
         n_valid = len(events)
         t_first, t_max = (int(events["t"][0]), int(events["t"][-1])) if n_valid else (0, 0)
-    if spec.kind == "bins" and spec.span_us is None:
+    span = spec.span_us
+    if spec.kind == "bins" and span is None:
         span = t_max - t_first + 1 if n_valid else 1
         if span > MAX_DURATION_US:
             raise ConfigError(
                 f"the recording spans {span} µs (t={t_first}..{t_max}), more "
                 "than the 2**40 µs a WindowSpec allows; set span_us explicitly"
             )
-        spec = spec.with_(span_us=span)
-    builder = _Recording(spec, (width, height))
-    frame_shape = builder.frame_shape
+    frame_shape = spec.frame_shape((width, height))
     if spec.kind == "bins":
         capacity = spec.n_bins
     elif n_valid == 0:
@@ -1430,40 +1468,26 @@ def bin_recording(
             "or set max_gap_us"
         )
     store = _GrowingFrames(capacity, frame_shape, np.dtype(spec.dtype))
-    limit = spec.n_bins if spec.kind == "bins" else -1
-
-    def store_all(closed: Iterator[_Closed]) -> None:
-        for c in closed:
-            if 0 <= limit <= c.index:
-                store.tally[0] += c.n_events
-            else:
-                builder.take_counts(c.slot, store.slot(c))
-
-    # builder._feed without a Python step per window: completed windows go straight to the store.
-    i, n = 0, len(events)
-    while i < n:
-        i = builder._bin(events, i)
-        builder.store_closed(store, limit)
-        if builder._st[S_STATUS] == RUN_GAP:
-            store_all(builder._resync(int(events["t"][i])))
+    builder = _Recording(spec, (width, height), span, store)
+    builder.run(builder._feed(events))
     if spec.kind == "bins":
         # The span is fixed: complete all n_bins (empty ones too), then fill in the boundaries of
         # bins that never started (only possible after a resync).
-        if builder.has_origin and builder.totals.resyncs == 0:
+        resynced = builder._cnt[K_RESYNC] != 0
+        if builder.has_origin and not resynced:
             t_first = int(builder._st[S_ORIGIN])
+            builder.run(builder._advance(t_first + span))
         elif builder.has_origin:
             _, t_first, _ = _scan_valid(events, width, height)
-        if builder.has_origin and builder.totals.resyncs == 0:
-            store_all(builder._advance(t_first + spec.span_us))
-        store_all(builder._finish("emit"))
+        builder.run(builder._finish("emit"))
         result = store.result(spec.n_bins, builder.totals)
         if builder.has_origin:
             k = np.arange(spec.n_bins, dtype=np.int64)
-            n, span = spec.n_bins, spec.span_us
+            n = spec.n_bins
             result.t_start_us[:] = t_first + (k * span + n - 1) // n
             result.t_end_us[:] = t_first + ((k + 1) * span + n - 1) // n
         return result
-    store_all(builder._finish(end))
+    builder.run(builder._finish(end))
     return store.result(store.size, builder.totals)
 
 
@@ -1558,15 +1582,6 @@ class _GrowingFrames:
         meta = np.zeros((grow, 4), dtype=np.int64)
         meta[:size] = self.meta[:size]
         self.frames, self.meta = frames, meta
-
-    def slot(self, closed: _Closed) -> np.ndarray:
-        """The output frame for a closed window (growing the arrays when needed), its metadata
-        recorded; the caller fills the frame."""
-        k = closed.index
-        self.grow(k)
-        self.meta[k] = (closed.t_start_us, closed.t_end_us, closed.n_events, closed.partial)
-        self.tally[1] = max(self.size, k + 1)
-        return self.frames[k]
 
     def result(self, size: int, drops: Drops) -> BinnedRecording:
         self.grow(size - 1)
