@@ -36,6 +36,7 @@ a count never wraps around.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -1507,7 +1508,7 @@ def bin_recording(
         capacity = (n_valid - 1) // (spec.stride_events or spec.event_count) + 1
     else:
         capacity = max(t_max - t_first, 0) // (spec.stride_us or spec.window_us) + 1
-    frame_bytes = int(np.prod(frame_shape)) * np.dtype(spec.dtype).itemsize
+    frame_bytes = math.prod(frame_shape) * np.dtype(spec.dtype).itemsize
     if spec.max_gap_us is None and capacity * frame_bytes > _MAX_OUTPUT_BYTES:
         raise EventDataError(
             f"the recording would need {capacity} windows "
@@ -1529,7 +1530,7 @@ def bin_recording(
             _, t_first, _ = _scan_valid(events, width, height)
         builder.run(builder._finish("emit"))
         result = store.result(spec.n_bins, builder.totals)
-        if builder.has_origin:
+        if resynced:  # otherwise the bins were stored with these very bounds
             k = np.arange(spec.n_bins, dtype=np.int64)
             n = spec.n_bins
             result.t_start_us[:] = t_first + (k * span + n - 1) // n
@@ -1599,7 +1600,7 @@ class _GrowingFrames:
     def __init__(self, capacity: int, shape: tuple[int, int, int], dtype: np.dtype) -> None:
         self.dtype = dtype
         store_dtype = np.dtype(np.float32) if dtype == np.float16 else dtype
-        self.frame_bytes = int(np.prod(shape)) * store_dtype.itemsize
+        self.frame_bytes = math.prod(shape) * store_dtype.itemsize
         # Start from the estimate (zeroed memory costs nothing until written) but within reason;
         # `grow` grows the arrays when the estimate was short.
         capacity = min(capacity, max(1, _INITIAL_OUTPUT_BYTES // max(self.frame_bytes, 1)))

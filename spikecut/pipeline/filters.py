@@ -268,10 +268,11 @@ def filter_state(
     denoise: bool,
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """(hot mask, refractory memory, denoise memory) for `_filter_event`; None = filter off."""
-    hot = hot_pixel_mask(hot_pixels, width, height)
+    pixels = tuple(hot_pixels)
+    hot = hot_pixel_mask(pixels, width, height) if pixels else None
     size = padded_pixels(width, height)
     return (
-        hot if hot.any() else None,
+        hot if hot is not None and hot.any() else None,
         np.full(size, NEVER) if refractory else None,
         np.full(size, NEVER) if denoise else None,
     )
