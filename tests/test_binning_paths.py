@@ -14,6 +14,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import spikecut.pipeline.binning as binning
 from spikecut.pipeline.binning import S_ORIGIN, FrameBuilder, WindowSpec, bin_recording
 from spikecut.sources.events import make_events
 from tests.test_binning_chunks import H, W, streams
@@ -98,3 +99,32 @@ def test_saturation_inside_a_run_and_when_a_window_is_taken() -> None:
             windows = builder.push(events) + builder.finish()
             assert rec.frames.tobytes() == np.stack([w.frames for w in windows]).tobytes()
             assert rec.drops.clipped == builder.totals.clipped > 0
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), spec=specs, end=st.sampled_from(["emit", "drop"]))
+def test_a_ring_without_slack_changes_nothing(data: st.DataObject, spec, end: str) -> None:
+    # Big frames get a ring of just the open windows plus one (to stay in cache): the kernel
+    # then returns at nearly every window. Same windows, in chunks or not, as with a roomy ring.
+    events = data.draw(streams(jumps=spec.max_gap_us is not None or spec.kind == "count"))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=6)))
+    roomy, roomy_totals, _ = streamed(events, spec, end)
+    roomy_rec = bin_recording(events, (W, H), spec, end=end)
+    roomy_ring, slack = FrameBuilder(spec, (W, H))._ring, binning._RING_SLACK_BYTES
+    binning._RING_SLACK_BYTES = 1
+    try:
+        builder = FrameBuilder(spec, (W, H))
+        assert builder._ring == roomy_ring - 7
+        tight = [w for chunk in np.split(events, cuts) for w in builder.push(chunk)]
+        tight += builder.finish(end if spec.kind != "bins" else "emit")
+        tight_rec = bin_recording(events, (W, H), spec, end=end)
+    finally:
+        binning._RING_SLACK_BYTES = slack
+    if spec.kind != "bins":
+        assert [(w.index, w.n_events, w.frames.tobytes()) for w in tight] == [
+            (w.index, w.n_events, w.frames.tobytes()) for w in roomy.values()
+        ]
+        assert builder.totals == roomy_totals
+    assert tight_rec.frames.tobytes() == roomy_rec.frames.tobytes()
+    assert tight_rec.n_events.tolist() == roomy_rec.n_events.tolist()
+    assert tight_rec.drops == roomy_rec.drops

@@ -81,6 +81,7 @@ _INT_OPTIONS = (
 #: frames_for_recording refuses outputs beyond this size instead of exhausting memory.
 _MAX_OUTPUT_BYTES = 16 * 2**30
 _INITIAL_OUTPUT_BYTES = 2 * 2**30
+_RING_SLACK_BYTES = 2**20
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> int:
@@ -1099,7 +1100,15 @@ class FrameBuilder:
             open_windows = -(-window // stride)
         else:
             mode, window, stride, open_windows = MODE_BINS, 0, 1, 1
-        ring = open_windows + 8
+        # Counts saturate at every increment (C_ROOM = cap: the saturation test is skipped only
+        # where no count can reach the cap), or, deferring, when the window is taken: then the
+        # accumulators are wide and the test is skipped until they could overflow.
+        acc_dtype = np.dtype(np.uint32) if self._defers_saturation else _count_dtype(cap)
+        # Beyond the open windows, the ring holds completed ones the kernel may run ahead with
+        # (fewer returns to Python), but within _RING_SLACK_BYTES: a slot is reused `ring`
+        # windows later, and big frames had better still be in cache by then.
+        slot_bytes = n_pol * plane * acc_dtype.itemsize
+        ring = open_windows + max(1, min(8, _RING_SLACK_BYTES // slot_bytes))
         cfg = np.zeros(N_CFG, dtype=np.int64)
         cfg[C_WIDTH], cfg[C_HEIGHT], cfg[C_MODE] = self.width, self.height, mode
         cfg[C_WINDOW], cfg[C_STRIDE] = window, stride
@@ -1112,10 +1121,6 @@ class FrameBuilder:
         cfg[C_MAX_GAP] = spec.max_gap_us or 0
         self._cfg = cfg
         self._ring = ring
-        # Counts saturate at every increment (C_ROOM = cap: the saturation test is skipped only
-        # where no count can reach the cap), or, deferring, when the window is taken: then the
-        # accumulators are wide and the test is skipped until they could overflow.
-        acc_dtype = np.dtype(np.uint32) if self._defers_saturation else _count_dtype(cap)
         cfg[C_ROOM] = np.iinfo(acc_dtype).max if self._defers_saturation else cap
         self._acc = np.zeros(ring * n_pol * plane, dtype=acc_dtype)
         self._slot_n = np.zeros(ring, dtype=np.int64)
