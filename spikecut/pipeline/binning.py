@@ -36,6 +36,7 @@ a count never wraps around.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterator
@@ -199,7 +200,9 @@ class WindowSpec:
 
     def frame_shape(self, sensor: StreamInfo | tuple[int, ...]) -> tuple[int, int, int]:
         """(P, H', W') of the frames this spec makes for a sensor."""
-        width, height = sensor_dims(sensor)
+        return self._shape(*sensor_dims(sensor))
+
+    def _shape(self, width: int, height: int) -> tuple[int, int, int]:
         x0, y0, roi_w, roi_h = self._roi(width, height)
         f = self.downsample
         return (self.polarities, -(-roi_h // f), -(-roi_w // f))
@@ -1026,6 +1029,13 @@ def _effective_cap(spec: WindowSpec) -> int:
     return min(spec.clip or _INT32_MAX, dtype_max)
 
 
+def _carve(sizes: tuple[int, ...]) -> list[np.ndarray]:
+    """Zeroed int64 arrays of these sizes, cut from one allocation."""
+    block = np.zeros(sum(sizes), dtype=np.int64)
+    ends = list(itertools.accumulate(sizes))
+    return [block[end - size : end] for size, end in zip(sizes, ends, strict=True)]
+
+
 @lru_cache(maxsize=16)
 def _lookup_table(
     width: int, height: int, roi: tuple[int, int, int, int], downsample: int, n_pol: int
@@ -1061,14 +1071,12 @@ class FrameBuilder:
                 "n_bins over the recording's own span needs the whole recording: set "
                 "WindowSpec.span_us to stream, or use frames_for_recording"
             )
-        self._setup(spec, sensor, spec.span_us)
+        self._setup(spec, *sensor_dims(sensor), spec.span_us)
 
-    def _setup(
-        self, spec: WindowSpec, sensor: StreamInfo | tuple[int, ...], span_us: int | None
-    ) -> None:
+    def _setup(self, spec: WindowSpec, width: int, height: int, span_us: int | None) -> None:
         self.spec = spec
-        self.width, self.height = sensor_dims(sensor)
-        self.frame_shape = spec.frame_shape((self.width, self.height))
+        self.width, self.height = width, height
+        self.frame_shape = spec._shape(width, height)
         n_pol, h_out, w_out = self.frame_shape
         plane = h_out * w_out
         self._lut = _lookup_table(
@@ -1108,8 +1116,12 @@ class FrameBuilder:
         # (fewer returns to Python), but within _RING_SLACK_BYTES: a slot is reused `ring`
         # windows later, and big frames had better still be in cache by then.
         slot_bytes = n_pol * plane * acc_dtype.itemsize
-        ring = open_windows + max(1, min(8, _RING_SLACK_BYTES // slot_bytes))
-        cfg = np.zeros(N_CFG, dtype=np.int64)
+        ring = open_windows + max(1, min(16, _RING_SLACK_BYTES // slot_bytes))
+        # The small int64 arrays, carved out of one allocation (cheaper for short recordings).
+        cfg, self._st, self._cnt, self._reported, *slots = _carve(
+            (N_CFG, N_ST, N_CNT, N_CNT, ring, ring, ring)
+        )
+        self._slot_n, self._slot_tfirst, self._slot_tlast = slots
         cfg[C_WIDTH], cfg[C_HEIGHT], cfg[C_MODE] = self.width, self.height, mode
         cfg[C_WINDOW], cfg[C_STRIDE] = window, stride
         cfg[C_SPAN], cfg[C_NBINS] = span_us or 1, spec.n_bins or 1
@@ -1121,16 +1133,10 @@ class FrameBuilder:
         cfg[C_MAX_GAP] = spec.max_gap_us or 0
         self._cfg = cfg
         self._ring = ring
-        cfg[C_ROOM] = np.iinfo(acc_dtype).max if self._defers_saturation else cap
+        cfg[C_ROOM] = 2**32 - 1 if self._defers_saturation else cap  # uint32 accumulators
         self._acc = np.zeros(ring * n_pol * plane, dtype=acc_dtype)
-        self._slot_n = np.zeros(ring, dtype=np.int64)
-        self._slot_tfirst = np.zeros(ring, dtype=np.int64)
-        self._slot_tlast = np.zeros(ring, dtype=np.int64)
         self._slots = (self._slot_n, self._slot_tfirst, self._slot_tlast)
         self._zeroed = np.zeros(ring, dtype=bool)  # slot already emptied by take_counts
-        self._st = np.zeros(N_ST, dtype=np.int64)
-        self._cnt = np.zeros(N_CNT, dtype=np.int64)
-        self._reported = np.zeros(N_CNT, dtype=np.int64)
         self._finished = False  # everything above starts as reset() leaves it
 
     # -- public API --
@@ -1398,11 +1404,12 @@ class _Recording(FrameBuilder):
     def __init__(
         self,
         spec: WindowSpec,
-        sensor: StreamInfo | tuple[int, ...],
+        width: int,
+        height: int,
         span_us: int | None,
         store: _GrowingFrames,
     ) -> None:
-        self._setup(spec, sensor, span_us)
+        self._setup(spec, width, height, span_us)
         self._store = store
         self._limit = spec.n_bins if spec.kind == "bins" else -1
 
@@ -1504,7 +1511,7 @@ def bin_recording(
                 f"the recording spans {span} µs (t={t_first}..{t_max}), more "
                 "than the 2**40 µs a WindowSpec allows; set span_us explicitly"
             )
-    frame_shape = spec.frame_shape((width, height))
+    frame_shape = spec._shape(width, height)
     if spec.kind == "bins":
         capacity = spec.n_bins
     elif n_valid == 0:
@@ -1522,7 +1529,7 @@ def bin_recording(
             "or set max_gap_us"
         )
     store = _GrowingFrames(capacity, frame_shape, np.dtype(spec.dtype))
-    builder = _Recording(spec, (width, height), span, store)
+    builder = _Recording(spec, width, height, span, store)
     builder.run(builder._feed(events))
     if spec.kind == "bins":
         # The span is fixed: complete all n_bins (empty ones too), then fill in the boundaries of
