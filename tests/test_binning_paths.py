@@ -1,6 +1,6 @@
 """The fast paths of the binning kernel against the general ones.
 
-`bin_recording` defers saturation to the moment a window is taken (wide counters, no saturation
+`bin_recording` defers saturation to the moment a window is taken (no saturation
 test in the hot loop) and moves completed windows into its output in one compiled call; the
 streaming `FrameBuilder` saturates at every increment, and inside a window it skips the test only
 while no count can reach the cap. Whatever the stream (garbage, late events, time jumps, overlap,

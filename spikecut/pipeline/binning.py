@@ -918,7 +918,7 @@ def _move_counts(counts: np.ndarray, out: np.ndarray) -> None:
 def _move_saturated(
     counts: np.ndarray, out: np.ndarray, cap: np.int64, total: np.int64
 ) -> np.int64:
-    """`_move_counts` for deferred saturation (uint32 counts): out[:] = min(counts, cap); returns
+    """`_move_counts` for deferred saturation (int32 counts): out[:] = min(counts, cap); returns
     the increments beyond the cap (what the saturation test would have counted as clipped).
 
     `total`, the events counted into the frame, bounds every count and their sum: at most the cap,
@@ -928,7 +928,7 @@ def _move_saturated(
     if total <= cap:
         _move_counts(counts, out)
         return np.int64(0)
-    top = np.uint32(0)
+    top = np.int32(0)
     for j in range(counts.shape[0]):
         c = counts[j]
         top = max(top, c)
@@ -936,21 +936,21 @@ def _move_saturated(
     if top <= cap:
         counts[:] = 0
         return np.int64(0)
-    cap32 = np.uint32(cap)
+    cap32 = np.int32(cap)
     if total <= np.iinfo(np.uint32).max:  # the excess fits 32 bits: a vectorisable sum
         excess32 = np.uint32(0)
         for j in range(counts.shape[0]):
             c = counts[j]
             m = min(c, cap32)
-            excess32 += c - m
+            excess32 += np.uint32(c - m)
             out[j] = m
             counts[j] = 0
         return np.int64(excess32)
-    excess = np.uint64(0)
+    excess = np.int64(0)
     for j in range(counts.shape[0]):
         c = counts[j]
         m = min(c, cap32)
-        excess += np.uint64(c - m)
+        excess += c - m
         out[j] = m
         counts[j] = 0
     return np.int64(excess)
@@ -1014,10 +1014,6 @@ def _store_closed(
 
 
 # --- the builder ---------------------------------------------------------------------------------
-
-
-def _count_dtype(cap: int) -> np.dtype:
-    return np.dtype(np.uint8 if cap <= 255 else np.uint16 if cap <= 65535 else np.int32)
 
 
 def _effective_cap(spec: WindowSpec) -> int:
@@ -1108,10 +1104,11 @@ class FrameBuilder:
             open_windows = -(-window // stride)
         else:
             mode, window, stride, open_windows = MODE_BINS, 0, 1, 1
-        # Counts saturate at every increment (C_ROOM = cap: the saturation test is skipped only
-        # where no count can reach the cap), or, deferring, when the window is taken: then the
-        # accumulators are wide and the test is skipped until they could overflow.
-        acc_dtype = np.dtype(np.uint32) if self._defers_saturation else _count_dtype(cap)
+        # Counts are int32 whatever the frame dtype (one compiled kernel family, not one per
+        # dtype). They saturate at every increment (C_ROOM = cap: the saturation test is
+        # skipped only where no count can reach the cap), or, deferring, when the window is
+        # taken: then the test is skipped until a count could overflow.
+        acc_dtype = np.dtype(np.int32)
         # Beyond the open windows, the ring holds completed ones the kernel may run ahead with
         # (fewer returns to Python), but within _RING_SLACK_BYTES: a slot is reused `ring`
         # windows later, and big frames had better still be in cache by then.
@@ -1133,7 +1130,7 @@ class FrameBuilder:
         cfg[C_MAX_GAP] = spec.max_gap_us or 0
         self._cfg = cfg
         self._ring = ring
-        cfg[C_ROOM] = 2**32 - 1 if self._defers_saturation else cap  # uint32 accumulators
+        cfg[C_ROOM] = _INT32_MAX if self._defers_saturation else cap
         self._acc = np.zeros(ring * n_pol * plane, dtype=acc_dtype)
         self._slots = (self._slot_n, self._slot_tfirst, self._slot_tlast)
         self._zeroed = np.zeros(ring, dtype=bool)  # slot already emptied by take_counts
@@ -1392,7 +1389,7 @@ class _Recording(FrameBuilder):
 
     - Completed windows go straight into the output (`_store_closed`, one compiled call per
       batch) instead of one Python step each.
-    - Counts saturate when a window is taken (wide counters), so the hot loop never tests for
+    - Counts saturate when a window is taken (int32 counters), so the hot loop never tests for
       saturation. That moves `clipped` increments from event time to window time; totals are
       the same, and a streaming `Window` keeps its exact stream-order attribution.
 
