@@ -369,6 +369,7 @@ RUN_DONE, RUN_DRAIN, RUN_GAP = 0, 1, 2
 
 _I64_MAX = np.iinfo(np.int64).max
 _OUTSIDE = -(2**40)
+_LUT_ROWS, _LUT_POLS = np.uint64(65536), np.uint64(2 * 65536)  # offsets in `_lookup_table`
 _I64_MIN = np.iinfo(np.int64).min
 
 
@@ -416,6 +417,16 @@ def _last_window(cfg: np.ndarray, origin: np.int64, t: np.int64) -> np.int64:
     return _bin_of(cfg, rel)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _offset(lut: np.ndarray, e: Any) -> np.uint64:
+    """Where event e counts in a frame, from `_lookup_table`; at least the frame size when e is
+    outside the sensor, the ROI or the polarities (one entry is then -2**40: the sum is negative,
+    a huge unsigned number), so a single comparison validates all three."""
+    return np.uint64(
+        lut[np.uint64(e.x)] + lut[np.uint64(e.y) + _LUT_ROWS] + lut[np.uint64(e.p) + _LUT_POLS]
+    )
+
+
 @njit(cache=True, nogil=True)
 def _count_run(
     events: np.ndarray,
@@ -423,9 +434,7 @@ def _count_run(
     i_end: int,
     t_lo: np.int64,
     t_span: np.uint64,
-    pol_lut: np.ndarray,
-    row_lut: np.ndarray,
-    col_lut: np.ndarray,
+    lut: np.ndarray,
     frame: np.ndarray,
     cap: np.int64,
 ) -> tuple[int, np.int64]:
@@ -436,15 +445,13 @@ def _count_run(
     Kept tiny on purpose: with few live values everything stays in registers.
     """
     clipped = np.int64(0)
+    size = np.uint64(frame.shape[0])
     for k in range(i, i_end):
         e = events[np.uint64(k)]  # unsigned indices: no negative-index wraparound code
-        pol = pol_lut[e.p]
-        row = row_lut[e.y]
-        col = col_lut[e.x]
+        j = _offset(lut, e)
         # One branch for both exits: this form runs about 1.6x faster than two separate tests.
-        if (np.uint64(e.t - t_lo) >= t_span) | ((pol | row | col) < 0):
+        if (np.uint64(e.t - t_lo) >= t_span) | (j >= size):
             return k, clipped
-        j = np.uint64(pol + row + col)
         c = frame[j]
         if c < cap:
             frame[j] = c + 1
@@ -465,14 +472,13 @@ def _count_run_unclipped(
 ) -> int:
     """`_count_run` for a run in which no count can reach the cap (the caller proves it), so
     without the saturation test: about 1.3x faster. Returns where it stopped."""
+    size = np.uint64(frame.shape[0])
     for k in range(i, i_end):
         e = events[np.uint64(k)]
-        col = lut[np.uint64(e.x)]
-        row = lut[np.uint64(e.y) + np.uint64(65536)]
-        pol = lut[np.uint64(e.p) + np.uint64(131072)]
-        if (np.uint64(e.t - t_lo) >= t_span) | ((pol | row | col) < 0):
+        j = _offset(lut, e)
+        if (np.uint64(e.t - t_lo) >= t_span) | (j >= size):
             return k
-        frame[np.uint64(pol + row + col)] += 1
+        frame[j] += 1
     return i_end
 
 
@@ -622,18 +628,7 @@ def _run_segment(
         if stop > i:
             i = _count_run_unclipped(events, i, stop, t_lo, t_span, lut, frame)
         if i == stop and stop < i_end:
-            i, clipped = _count_run(
-                events,
-                i,
-                i_end,
-                t_lo,
-                t_span,
-                pol_lut,
-                row_lut,
-                col_lut,
-                frame,
-                cfg[C_CAP],
-            )
+            i, clipped = _count_run(events, i, i_end, t_lo, t_span, lut, frame, cfg[C_CAP])
         counted = i - start
         if counted != 0:
             _tally(st, counted, events[start].t, events[i - 1].t)
@@ -1042,10 +1037,11 @@ def _lookup_table(
     of the same geometry (1 MB, and filling it dominated short recordings); never written."""
     x0, y0, roi_w, roi_h = roi
     w_out, h_out = -(-roi_w // downsample), -(-roi_h // downsample)
-    lut = np.full(2 * 65536 + 256, _OUTSIDE, dtype=np.int64)
+    rows, pols = int(_LUT_ROWS), int(_LUT_POLS)
+    lut = np.full(pols + 256, _OUTSIDE, dtype=np.int64)
     lut[x0 : x0 + roi_w] = np.arange(roi_w) // downsample
-    lut[65536 + y0 : 65536 + y0 + roi_h] = (np.arange(roi_h) // downsample) * w_out
-    lut[2 * 65536 : 2 * 65536 + 2] = (0, h_out * w_out) if n_pol == 2 else (0, 0)
+    lut[rows + y0 : rows + y0 + roi_h] = (np.arange(roi_h) // downsample) * w_out
+    lut[pols : pols + 2] = (0, h_out * w_out) if n_pol == 2 else (0, 0)
     return lut
 
 
@@ -1078,9 +1074,9 @@ class FrameBuilder:
         self._lut = _lookup_table(
             self.width, self.height, spec._roi(self.width, self.height), spec.downsample, n_pol
         )
-        self._col_lut = self._lut[:65536]
-        self._row_lut = self._lut[65536 : 2 * 65536]
-        self._pol_lut = self._lut[2 * 65536 :]
+        self._col_lut = self._lut[:_LUT_ROWS]
+        self._row_lut = self._lut[_LUT_ROWS:_LUT_POLS]
+        self._pol_lut = self._lut[_LUT_POLS:]
 
         hot, self._refractory, self._denoise = filter_state(
             self.width,
