@@ -128,6 +128,9 @@ def summarise(times: Samples, n_events: int, ours: str = "ours") -> dict:
                 times.wall[ours]
             )
             out[name]["ours_speedup_best"] = min(values) / min(times.wall[ours])
+            out[name]["ours_speedup_cpu"] = statistics.median(times.cpu[name]) / statistics.median(
+                times.cpu[ours]
+            )
     return out
 
 
@@ -368,18 +371,21 @@ def main() -> int:
         report["file_to_windows"] = bench_file_to_windows(
             events, info, args.copies, args.repeat, nmnist
         )
-    ratios = {}
+    # The targets' ratios, from wall-time medians; the same from process CPU time beside them
+    # (steadier on a shared machine; for file to windows it compares total work, both threads).
+    rows = {}
     if "binning" in report:
-        binning = report["binning"].values()
-        ratios["vs_tonic_to_frame"] = min(
-            b["tonic ToFrame"]["ours_speedup_median"] for b in binning
-        )
-        ratios["vs_bincount"] = min(b["np.bincount"]["ours_speedup_median"] for b in binning)
+        rows["vs_tonic_to_frame"] = [b["tonic ToFrame"] for b in report["binning"].values()]
+        rows["vs_bincount"] = [b["np.bincount"] for b in report["binning"].values()]
     if "denoise" in report:
-        ratios["vs_tonic_denoise"] = report["denoise"]["tonic Denoise"]["ours_speedup_median"]
+        rows["vs_tonic_denoise"] = [report["denoise"]["tonic Denoise"]]
     if "file_to_windows" in report:
-        ratios["vs_decode"] = report["file_to_windows"]["bare decoding"]["ours_speedup_median"]
+        rows["vs_decode"] = [report["file_to_windows"]["bare decoding"]]
+    ratios = {name: min(r["ours_speedup_median"] for r in rs) for name, rs in rows.items()}
     report["ratios"] = ratios
+    report["ratios_cpu"] = {
+        name: min(r["ours_speedup_cpu"] for r in rs) for name, rs in rows.items()
+    }
     report["targets"] = TARGETS
     report["met"] = {name: ratios[name] >= TARGETS[name] for name in ratios}
     if args.json:
@@ -417,9 +423,12 @@ def main() -> int:
                     f"(best samples {row['ours_speedup_best']:.2f}x)"
                 )
             print(line)
-    print("\nratios (worst setting)  target  met")
+    print("\nratios (worst setting)  target  met    (from CPU time)")
     for name, value in ratios.items():
-        print(f"  {name:<20} {value:8.2f}  {TARGETS[name]:6.1f}  {report['met'][name]}")
+        print(
+            f"  {name:<20} {value:8.2f}  {TARGETS[name]:6.1f}  {report['met'][name]!s:5}"
+            f"  ({report['ratios_cpu'][name]:.2f})"
+        )
     return 0
 
 
