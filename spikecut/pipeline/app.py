@@ -223,25 +223,22 @@ def run_command(
     )
     specs = _sink_specs(args) or ["-"]
     sink = open_sinks(specs, instance=instance)
-    return asyncio.run(_serve(args, model, sink, specs, instance, options, streams))
+    runner = Runner(model, sink, options)
+    mqtt_urls = [spec for spec in specs if _is_mqtt(spec)]
+    interrupted = asyncio.run(serve(runner, streams, mqtt_urls, instance))
+    return _summarise(args.command, list(runner.reports.values()), sink, interrupted)
 
 
-async def _serve(
-    args: argparse.Namespace,
-    model: StreamModel,
-    sink: Sink,
-    specs: list[str],
-    instance: str,
-    options: RunOptions,
-    streams: list[Stream],
-) -> int:
-    for spec in specs:
-        if _is_mqtt(spec):
-            await check_instance_free(spec, instance)
+async def serve(
+    runner: Runner, streams: list[Stream], mqtt_urls: Sequence[str], instance: str
+) -> bool:
+    """Run `streams` inside the runner's sink until they end or a signal stops them (then the
+    sink still flushes and says offline); True if a signal stopped them."""
+    for url in mqtt_urls:
+        await check_instance_free(url, instance)
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     interrupted = False
-    runner = Runner(model, sink, options)
     work: asyncio.Future[list[StreamReport]] | None = None
 
     def stop() -> None:
@@ -255,7 +252,7 @@ async def _serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop)
     try:
-        async with sink:
+        async with runner.sink:
             work = asyncio.ensure_future(runner.run(streams))
             if interrupted:
                 work.cancel()
@@ -270,7 +267,7 @@ async def _serve(
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-    return _summarise(args.command, list(runner.reports.values()), sink, interrupted)
+    return interrupted
 
 
 def _summarise(command: str, reports: list[StreamReport], sink: Sink, interrupted: bool) -> int:
@@ -346,6 +343,8 @@ __all__ = [
     "default_instance",
     "live_command",
     "replay_command",
+    "serve",
+    "setup_logging",
     "source_slug",
     "stream_ids",
 ]
