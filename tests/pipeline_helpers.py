@@ -105,3 +105,60 @@ def offline_decisions(checkpoint: Path, recordings: list[Path]) -> list[Offline]
             )
         )
     return results
+
+
+def offline_fixed_segments(checkpoint: Path, events: np.ndarray, info) -> list[Offline]:
+    """Fixed segmentation evaluated offline: frame the whole stream once, then run the multi-step
+    network on T-window segments, each starting at the window after the previous stop; the last,
+    shorter segment is decided (forced) at its last window."""
+    net, config = load_checkpoint(checkpoint)
+    spec = WindowSpec.from_dict(config.windowing)
+    rule = config.cutoff_rule()
+    frames = frames_for_recording(events, info, spec)
+    results, start = [], 0
+    while start < frames.shape[0]:
+        segment = frames[start : start + config.timesteps]
+        y = cumulative_outputs(net, [segment])
+        gaps = topk_gap(y)
+        if segment.shape[0] == config.timesteps:
+            stop = int(rule.stop_steps(y)[0])
+            crossed = bool(gaps[stop - 1, 0] > rule.beta[stop - 1])
+        else:  # the stream ended mid-segment: earlier stops still count
+            stop = segment.shape[0]
+            for t in range(1, segment.shape[0] + 1):
+                if gaps[t - 1, 0] > rule.beta[t - 1]:
+                    stop = t
+                    break
+            crossed = bool(gaps[stop - 1, 0] > rule.beta[stop - 1])
+        results.append(
+            Offline(
+                int(y[stop - 1, 0].argmax()),
+                stop,
+                float(gaps[stop - 1, 0]),
+                "cutoff" if crossed else "forced",
+            )
+        )
+        start += stop
+    return results
+
+
+def concatenate(recordings: list[np.ndarray], *, gap_us: int, align_us: int | None = None):
+    """One stream of several recordings, one after another: each shifted to start `gap_us` after
+    the previous one ends (rounded up to a multiple of `align_us` from the first event when
+    given). Returns the events and each recording's start time in the stream."""
+    parts, starts, t_next = [], [], None
+    origin = int(recordings[0]["t"][0])
+    for events in recordings:
+        events = events.copy()
+        first = int(events["t"][0])
+        if t_next is None:
+            start = first
+        else:
+            start = t_next
+            if align_us:
+                start = origin + -(-(start - origin) // align_us) * align_us
+        events["t"] += start - first
+        parts.append(events)
+        starts.append(start)
+        t_next = int(events["t"][-1]) + gap_us
+    return np.concatenate(parts), starts
