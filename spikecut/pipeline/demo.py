@@ -124,8 +124,14 @@ def demo_recordings(model: StreamModel, count: int) -> tuple[list[np.ndarray], l
             f"the demo replays emulated digits, but model {model.model_id!r} was trained on "
             f"{dataset!r}: use spikecut replay with recordings of that dataset"
         )
-    seed = int(extra.get("split_seed", extra.get("seed", 0)))
-    test = load_splits(dataset, seed=seed).test
+    # the split the training run used (tools/train.py records its config under "training")
+    training = extra.get("training", {})
+    test = load_splits(
+        dataset,
+        seed=int(training.get("split_seed", 0)),
+        validation=float(training.get("validation", 0.1)),
+        test=float(training.get("test", 0.1)),
+    ).test
     labels = np.asarray(test.labels)
     # Round-robin over classes so a short demo shows every digit.
     by_class = [list(np.flatnonzero(labels == c)) for c in np.unique(labels)]
