@@ -1,0 +1,402 @@
+"""Pipeline benchmark: input throughput with the SNN attached, decision latency, and the wall-clock
+time the cutoff saves per segment. Everything is measured in one run, on one core by default.
+
+Input, all real recordings (../shared):
+
+- "dense 34x34": the 1000 N-MNIST recordings of nmnist_1k overlaid in time (each shifted to start
+  at 0, merged in time order), repeated `--repeats` times back to back. It is a real 34x34 event
+  stream at about 13 Mev/s of sensor time, above a DAVIS346's peak of 12 Mev/s, so the network
+  (34x34 input) decides on it directly with the model's own windows.
+- "cropped 640x480": Prophesee sparklers (EVT 2.0, 640x480), looped, cropped and downsampled into
+  34x34 by the WindowSpec (`roi`, `downsample`): the other way of feeding a big sensor to the net.
+- "segments": nmnist_1k files replayed one after another as a single stream in `recording` mode
+  (the dataset case), once with the cutoff and once with the same model forced to T steps.
+
+Throughput (Mev/s, events per wall second, full speed, file replay): reading alone (baseline),
+reading + windowing, and the whole pipeline (windowing + stepwise SNN + cutoff + decisions to a
+JSON-lines sink), each on the same file in this run. "keeps up" means the pipeline's rate is at
+least the stream's own sensor rate and 12 Mev/s.
+
+Latency: the decisions' `latency_ms` (deciding window closed -> decision handed to the sink) when
+the dense stream is replayed in real time (`speed=1`), and at full speed (where windows queue up
+behind each other, so it includes waiting). Target: p99 below one window plus one SNN step; the
+step time is measured here too.
+
+Cutoff saving: wall time per segment (first window taken -> decision published) with the cutoff vs
+forced to T; their ratio against the timestep reduction factor T / mean timesteps.
+
+    python tools/bench_pipeline.py [--model CKPT] [--json] [--cores 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SPIKECUT_SHARED", REPO.parent / "shared"))
+DAVIS346_PEAK_MEVS = 12.0
+
+
+def pin_to_cores(count: int) -> list[int]:
+    """Restrict this process (and every thread it starts later) to `count` CPUs."""
+    allowed = sorted(os.sched_getaffinity(0))
+    chosen = allowed[:count]
+    os.sched_setaffinity(0, chosen)
+    return chosen
+
+
+def dense_stream(folder: Path, repeats: int):
+    """The nmnist_1k recordings overlaid in time, `repeats` times back to back."""
+    import numpy as np
+
+    from spikecut.sources import read_events
+
+    parts = []
+    for path in sorted(folder.glob("*.bin")):
+        events, _ = read_events(path)
+        events["t"] -= events["t"][0]
+        parts.append(events)
+    one = np.concatenate(parts)
+    one = one[np.argsort(one["t"], kind="stable")]
+    span = int(one["t"][-1]) + 1
+    copies = []
+    for k in range(repeats):
+        copy = one.copy()
+        copy["t"] += k * span
+        copies.append(copy)
+    return np.concatenate(copies), len(parts)
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    from spikecut.pipeline.decision import percentile
+
+    return {"p50": percentile(values, 50), "p99": percentile(values, 99), "n": len(values)}
+
+
+async def read_rate(path: Path, **open_options) -> tuple[float, int]:
+    from spikecut.sources import open_source
+
+    events = 0
+    start = time.perf_counter()
+    async with open_source(path, **open_options) as source:
+        async for chunk in source:
+            events += chunk.size
+    return time.perf_counter() - start, events
+
+
+async def windowing_rate(path: Path, spec, **open_options) -> tuple[float, int]:
+    from spikecut.pipeline.windowing import windows
+    from spikecut.sources import open_source
+
+    events = 0
+    start = time.perf_counter()
+    async with open_source(path, **open_options) as source:
+        async for window in windows(source, spec):
+            events += window.n_events
+    return time.perf_counter() - start, events
+
+
+async def pipeline_run(model, sources, options) -> tuple[float, list, list]:
+    """Run one stream through the runner into a JSON-lines sink on /dev/null."""
+    from spikecut.pipeline.runner import Runner, Stream
+    from spikecut.pipeline.sinks import JsonlSink
+
+    infos = []
+    start = time.perf_counter()
+    async with JsonlSink(os.devnull) as sink:
+        runner = Runner(model, sink, options, on_decision=lambda d, info: infos.append(info))
+        (report,) = await runner.run([Stream("bench", sources)])
+    wall = time.perf_counter() - start
+    if report.error:
+        raise SystemExit(f"bench_pipeline: the stream failed: {report.error}")
+    return wall, [report], infos
+
+
+def step_time_us(model, frames, calls: int = 300) -> float:
+    """Median time of one single-step call (with the cutoff check), on a real frame."""
+    state = model.init_state()
+    for _ in range(20):
+        result = model.step(frames, state)
+        state = result.state if result.state.t < model.timesteps - 1 else model.init_state()
+    times = []
+    state = model.init_state()
+    for _ in range(calls):
+        start = time.perf_counter()
+        result = model.step(frames, state)
+        times.append(time.perf_counter() - start)
+        state = result.state if result.state.t < model.timesteps - 1 else model.init_state()
+    return statistics.median(times) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", help="checkpoint directory (default: the embedded demo model)")
+    parser.add_argument("--nmnist", type=Path, default=SHARED / "data" / "nmnist_1k" / "train")
+    parser.add_argument(
+        "--sparklers",
+        type=Path,
+        default=SHARED / "data" / "real" / "prophesee_raw" / "evt2_gen3_sparklers.raw",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="copies of the dense stream")
+    parser.add_argument("--loops", type=int, default=20, help="passes over the sparklers file")
+    parser.add_argument("--segments", type=int, default=300, help="recordings for cutoff vs T")
+    parser.add_argument("--cores", type=int, default=1, help="CPUs to run on (default 1)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    for path in (args.nmnist, args.sparklers):
+        if not path.exists():
+            raise SystemExit(
+                f"bench_pipeline: {path} is missing (the real recordings in ../shared)"
+            )
+    cores = pin_to_cores(args.cores)
+    sys.path.insert(0, str(REPO))
+
+    import numpy as np
+
+    from spikecut.pipeline.binning import bin_recording
+    from spikecut.pipeline.runner import (
+        RunOptions,
+        Segmentation,
+        StreamModel,
+        configure_torch,
+    )
+    from spikecut.sources import open_source, read_events, write_events
+    from spikecut.sources.events import StreamInfo
+
+    configure_torch(1)
+    model = StreamModel.load(args.model)
+    spec = model.spec
+    window_ms = spec.window_us / 1000 if spec.window_us else None
+    out: dict = {
+        "cores": cores,
+        "model": model.model_id,
+        "timesteps": model.timesteps,
+        "window_ms": window_ms,
+    }
+
+    with tempfile.TemporaryDirectory(prefix="spikecut-bench-") as folder:
+        # --- throughput on the dense 34x34 stream ------------------------------------------------
+        events, recordings = dense_stream(args.nmnist, args.repeats)
+        # EVT 3.0, what Prophesee cameras record (and one of our fastest decoders)
+        dense = Path(folder) / "dense.raw"
+        write_events(dense, events, StreamInfo(34, 34, "nmnist overlay"))
+        sensor_s = (int(events["t"][-1]) - int(events["t"][0]) + 1) / 1e6
+        n = int(events.size)
+        frame = np.ascontiguousarray(
+            bin_recording(events[:200_000], (34, 34), spec).frames[0], dtype=np.float32
+        )
+        out["step_us"] = step_time_us(model, frame)
+        del events
+
+        asyncio.run(read_rate(dense))  # warm the caches and the JIT
+        read_s, read_n = asyncio.run(read_rate(dense))
+        win_s, _ = asyncio.run(windowing_rate(dense, spec))
+        fixed = RunOptions(segmentation=Segmentation("fixed"), stats_interval_s=None)
+        pipe_s, (report,), _ = asyncio.run(pipeline_run(model, [open_source(dense)], fixed))
+        forced = RunOptions(segmentation=Segmentation("fixed"), cutoff=False, stats_interval_s=None)
+        forced_s, (forced_report,), _ = asyncio.run(
+            pipeline_run(model, [open_source(dense)], forced)
+        )
+        assert read_n == n
+        out["dense"] = {
+            "recordings_overlaid": recordings,
+            "repeats": args.repeats,
+            "events": n,
+            "sensor_s": sensor_s,
+            "sensor_rate_mevs": n / sensor_s / 1e6,
+            "read_mevs": n / read_s / 1e6,
+            "windowing_mevs": n / win_s / 1e6,
+            "pipeline_mevs": n / pipe_s / 1e6,
+            "pipeline_forced_T_mevs": n / forced_s / 1e6,
+            "pipeline_vs_windowing": win_s / pipe_s,
+            "windows": report.windows,
+            "steps": report.steps,
+            "decisions": report.decisions,
+            "latency_full_speed_ms": percentiles(report.latencies_ms),
+            "realtime_factor": sensor_s / pipe_s,
+        }
+        out["dense"]["keeps_up"] = out["dense"]["pipeline_mevs"] >= max(
+            DAVIS346_PEAK_MEVS, out["dense"]["sensor_rate_mevs"]
+        )
+
+        # --- latency in real time ----------------------------------------------------------------
+        for name, in_thread in (("latency_realtime", True), ("latency_realtime_inline", False)):
+            options = RunOptions(
+                segmentation=Segmentation("fixed"), stats_interval_s=None, step_in_thread=in_thread
+            )
+            _, (paced,), _ = asyncio.run(
+                pipeline_run(model, [open_source(dense, speed=1.0)], options)
+            )
+            out[name] = percentiles(paced.latencies_ms)
+        if window_ms is not None:
+            target_ms = window_ms + out["step_us"] / 1000
+            out["latency_target_ms"] = target_ms
+            out["latency_meets_target"] = out["latency_realtime"]["p99"] < target_ms
+
+        # --- a big sensor cropped into 34x34 -----------------------------------------------------
+        sparklers, info = read_events(args.sparklers)
+        fit = spec.with_(roi=(82, 2, 476, 476), downsample=14)
+        cropped = StreamModel(model.net, model.config, window_overrides={
+            "roi": fit.roi, "downsample": fit.downsample})  # fmt: skip
+        loop_events = sparklers.size * args.loops
+        asyncio.run(windowing_rate(args.sparklers, fit))
+        win_s, _ = asyncio.run(windowing_rate(args.sparklers, fit, loop=False))
+        one_pass = sparklers.size
+        looped = [open_source(args.sparklers, loop=True)]
+        # loop=True never ends: bound the run by passes through a wrapper source
+        crop_s, (crop_report,), _ = asyncio.run(
+            pipeline_run(cropped, [_Passes(looped[0], args.loops)], fixed)
+        )
+        out["cropped_640x480"] = {
+            "file": args.sparklers.name,
+            "roi": list(fit.roi),
+            "downsample": fit.downsample,
+            "sensor_rate_mevs": one_pass
+            / ((sparklers["t"][-1] - sparklers["t"][0] + 1) / 1e6)
+            / 1e6,
+            "windowing_mevs": one_pass / win_s / 1e6,
+            "pipeline_mevs": loop_events / crop_s / 1e6,
+            "decisions": crop_report.decisions,
+        }
+        del sparklers, info
+
+        # --- cutoff vs forced to T, per segment --------------------------------------------------
+        files = sorted(args.nmnist.glob("*.bin"))[: args.segments]
+        recording = RunOptions(segmentation=Segmentation("recording"), stats_interval_s=None)
+        forced_t = RunOptions(
+            segmentation=Segmentation("recording"), cutoff=False, stats_interval_s=None
+        )
+        asyncio.run(pipeline_run(model, [open_source(p) for p in files[:20]], recording))
+        runs = {}
+        for name, options in (("cutoff", recording), ("forced_T", forced_t)):
+            wall, (rep,), infos = asyncio.run(
+                pipeline_run(model, [open_source(p) for p in files], options)
+            )
+            per_segment = [info.wall_s for info in infos]
+            runs[name] = {
+                "segments": len(infos),
+                "mean_timesteps": float(np.mean(rep.timesteps)),
+                "segment_ms_mean": 1000 * float(np.mean(per_segment)),
+                "segment_ms_p50": 1000 * float(np.median(per_segment)),
+                "total_s": wall,
+            }
+        reduction = model.timesteps / runs["cutoff"]["mean_timesteps"]
+        saving = runs["forced_T"]["segment_ms_mean"] / runs["cutoff"]["segment_ms_mean"]
+        total_saving = runs["forced_T"]["total_s"] / runs["cutoff"]["total_s"]
+        out["segments"] = {
+            **runs,
+            "timestep_reduction": reduction,
+            "wall_saving_per_segment": saving,
+            "saving_over_reduction": saving / reduction,
+            "wall_saving_end_to_end": total_saving,
+            "meets_target": saving >= 0.9 * reduction,
+        }
+
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    report_text(out)
+
+
+class _Passes:
+    """A looping file source cut after `passes` passes (the looped file never ends itself)."""
+
+    live = False
+
+    def __init__(self, source, passes: int) -> None:
+        self.source = source
+        self.passes = passes
+
+    @property
+    def info(self):
+        return self.source.info
+
+    async def __aenter__(self):
+        await self.source.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info):
+        await self.source.__aexit__(*exc_info)
+
+    async def __aiter__(self):
+        async for chunk in self.source:
+            if self.source.passes >= self.passes:
+                return
+            yield chunk
+
+
+def report_text(out: dict) -> None:
+    d = out["dense"]
+    print(f"model {out['model']}, T={out['timesteps']}, {out['window_ms']} ms windows; "
+          f"CPUs {out['cores']}; one SNN step {out['step_us']:.0f} µs")  # fmt: skip
+    print(
+        f"\ndense 34x34 stream: {d['events'] / 1e6:.1f} M real events in {d['sensor_s']:.2f} s "
+        f"of sensor time ({d['sensor_rate_mevs']:.1f} Mev/s; {d['recordings_overlaid']} N-MNIST "
+        f"recordings overlaid, x{d['repeats']})"
+    )
+    print(f"  read only (baseline)          {d['read_mevs']:7.1f} Mev/s")
+    print(f"  read + windowing              {d['windowing_mevs']:7.1f} Mev/s")
+    print(
+        f"  whole pipeline (SNN, cutoff)  {d['pipeline_mevs']:7.1f} Mev/s  "
+        f"x{d['pipeline_vs_windowing']:.2f} of windowing alone; {d['realtime_factor']:.1f}x "
+        f"real time; {d['steps']} steps, {d['decisions']} decisions"
+    )
+    print(f"  whole pipeline, forced to T   {d['pipeline_forced_T_mevs']:7.1f} Mev/s")
+    print(
+        f"  keeps up with >= {DAVIS346_PEAK_MEVS:g} Mev/s (and the stream's own rate): "
+        f"{'yes' if d['keeps_up'] else 'NO'}"
+    )
+    lat = out["latency_realtime"]
+    inline = out["latency_realtime_inline"]
+    full = d["latency_full_speed_ms"]
+    print(
+        f"\nlatency, real-time replay of the dense stream: p50 {lat['p50']:.2f} ms, "
+        f"p99 {lat['p99']:.2f} ms ({lat['n']} decisions; inline steps: p50 {inline['p50']:.2f}, "
+        f"p99 {inline['p99']:.2f} ms)"
+    )
+    if "latency_target_ms" in out:
+        print(
+            f"  target p99 < one window + one step = {out['latency_target_ms']:.2f} ms: "
+            f"{'yes' if out['latency_meets_target'] else 'NO'}"
+        )
+    print(
+        f"  at full speed (windows queue behind each other): p50 {full['p50']:.2f} ms, "
+        f"p99 {full['p99']:.2f} ms"
+    )
+    c = out["cropped_640x480"]
+    print(
+        f"\n{c['file']} cropped {c['roi']} and downsampled x{c['downsample']} into 34x34 "
+        f"({c['sensor_rate_mevs']:.1f} Mev/s sensor rate): windowing {c['windowing_mevs']:.1f} "
+        f"Mev/s, whole pipeline {c['pipeline_mevs']:.1f} Mev/s"
+    )
+    s = out["segments"]
+    cut, forced = s["cutoff"], s["forced_T"]
+    print(
+        f"\nper segment, {cut['segments']} N-MNIST recordings one after another (recording mode):"
+    )
+    print(
+        f"  cutoff      mean {cut['mean_timesteps']:.2f} timesteps, "
+        f"{cut['segment_ms_mean']:.3f} ms per segment, {cut['total_s']:.2f} s in all"
+    )
+    print(
+        f"  forced to T mean {forced['mean_timesteps']:.2f} timesteps, "
+        f"{forced['segment_ms_mean']:.3f} ms per segment, {forced['total_s']:.2f} s in all"
+    )
+    print(
+        f"  timestep reduction x{s['timestep_reduction']:.2f}; wall-clock saving per segment "
+        f"x{s['wall_saving_per_segment']:.2f} = {s['saving_over_reduction']:.2f} of the reduction "
+        f"(target >= 0.9: {'yes' if s['meets_target'] else 'NO'}); end to end, files included, "
+        f"x{s['wall_saving_end_to_end']:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
