@@ -148,6 +148,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="copies of the dense stream")
     parser.add_argument("--loops", type=int, default=20, help="passes over the sparklers file")
     parser.add_argument("--segments", type=int, default=300, help="recordings for cutoff vs T")
+    parser.add_argument("--rounds", type=int, default=6, help="alternations of cutoff/forced")
     parser.add_argument("--cores", type=int, default=1, help="CPUs to run on (default 1)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -275,24 +276,37 @@ def main() -> None:
             segmentation=Segmentation("recording"), cutoff=False, stats_interval_s=None
         )
         asyncio.run(pipeline_run(model, [open_source(p) for p in files[:20]], recording))
-        runs = {}
-        for name, options in (("cutoff", recording), ("forced_T", forced_t)):
-            wall, (rep,), infos = asyncio.run(
-                pipeline_run(model, [open_source(p) for p in files], options)
-            )
-            per_segment = [info.wall_s for info in infos]
-            runs[name] = {
-                "segments": len(infos),
-                "mean_timesteps": float(np.mean(rep.timesteps)),
-                "segment_ms_mean": 1000 * float(np.mean(per_segment)),
-                "segment_ms_p50": 1000 * float(np.median(per_segment)),
-                "total_s": wall,
+        # The two modes alternate over `--rounds` groups of files (in both orders), so that a
+        # change in the machine's load during the run hits both alike.
+        modes = {"cutoff": recording, "forced_T": forced_t}
+        walls: dict[str, list[float]] = {name: [] for name in modes}
+        steps: dict[str, list[int]] = {name: [] for name in modes}
+        totals = dict.fromkeys(modes, 0.0)
+        rounds = [files[r :: args.rounds] for r in range(args.rounds)]
+        for r, group in enumerate(rounds):
+            for name in list(modes)[:: 1 if r % 2 == 0 else -1]:
+                wall, (rep,), infos = asyncio.run(
+                    pipeline_run(model, [open_source(p) for p in group], modes[name])
+                )
+                walls[name] += [info.wall_s for info in infos]
+                steps[name] += rep.timesteps
+                totals[name] += wall
+        runs = {
+            name: {
+                "segments": len(walls[name]),
+                "mean_timesteps": float(np.mean(steps[name])),
+                "segment_ms_mean": 1000 * float(np.mean(walls[name])),
+                "segment_ms_p50": 1000 * float(np.median(walls[name])),
+                "total_s": totals[name],
             }
+            for name in modes
+        }
         reduction = model.timesteps / runs["cutoff"]["mean_timesteps"]
         saving = runs["forced_T"]["segment_ms_mean"] / runs["cutoff"]["segment_ms_mean"]
         total_saving = runs["forced_T"]["total_s"] / runs["cutoff"]["total_s"]
         out["segments"] = {
             **runs,
+            "rounds": args.rounds,
             "timestep_reduction": reduction,
             "wall_saving_per_segment": saving,
             "saving_over_reduction": saving / reduction,
