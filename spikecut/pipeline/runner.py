@@ -74,7 +74,13 @@ from spikecut.models import (
     topk_gap,
 )
 from spikecut.pipeline.binning import Window, WindowSpec
-from spikecut.pipeline.decision import Decision, StatsMeter, check_stream_id, percentile
+from spikecut.pipeline.decision import (
+    Decision,
+    Stats,
+    StatsMeter,
+    check_stream_id,
+    percentile,
+)
 from spikecut.pipeline.sinks import Sink
 from spikecut.pipeline.windowing import StageStats, windows
 from spikecut.sources.base import EventSource
@@ -473,7 +479,7 @@ class Runner:
                 log.debug("stream %s", stream.stream_id, exc_info=True)
         finally:
             with contextlib.suppress(Exception):  # best effort: a last stats record
-                await self.sink.publish_stats(meter.snapshot())
+                await self.sink.publish_stats(self._snapshot(stream.stream_id))
 
     async def _run_source(
         self,
@@ -650,13 +656,21 @@ class Runner:
             if asyncio.iscoroutine(outcome):
                 await outcome
 
+    def _snapshot(self, stream_id: str) -> Stats:
+        """The stream's stats now, with the decisions the sink dropped (full outbox) counted."""
+        meter = self._meters[stream_id]
+        dropped = self.sink.counters.dropped_by_stream.get(stream_id, 0)
+        if dropped > meter.dropped_decisions:
+            meter.add_dropped(decisions=dropped - meter.dropped_decisions)
+        return meter.snapshot()
+
     async def _report_stats(self, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
-            for stream_id, meter in self._meters.items():
+            for stream_id in self._meters:
                 if self.reports[stream_id].error is None:
                     with contextlib.suppress(SpikecutError):
-                        await self.sink.publish_stats(meter.snapshot())
+                        await self.sink.publish_stats(self._snapshot(stream_id))
 
 
 def _next_window_bounds(spec: WindowSpec, last: Window) -> tuple[int, int]:
