@@ -213,3 +213,38 @@ async def test_live_processes_share_a_broker_die_and_stop_cleanly(
             for process in processes:
                 process.close()
     assert json.loads(collector.payloads("alpha.60001/stats")[-1])["decisions"] >= 1
+
+
+def test_demo_prints_each_decision_and_a_summary(cli, checkpoint, capsys):
+    # --model: the test checkpoint (random weights), so only the mechanics are checked here
+    assert cli("demo", "--model", checkpoint, "--count", "4", "--speed", "20") == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("spikecut demo: model digits:") and "4 emulated digits" in lines[0]
+    decisions = [line for line in lines if line.startswith("[")]
+    assert [line[:7] for line in decisions] == ["[  1/4]", "[  2/4]", "[  3/4]", "[  4/4]"]
+    assert all("latency" in line and "accuracy" in line for line in decisions)
+    summary = "\n".join(lines[len(decisions) + 1 :])
+    for field in ("4 recording(s)", "accuracy", f"of T={T}", "p50", "p99"):
+        assert field in summary
+
+
+@pytest.mark.skipif(
+    not (REPO / "spikecut" / "assets" / "demo" / "config.json").is_file(),
+    reason="the embedded demo model (spikecut/assets/demo) is not in this checkout",
+)
+async def test_demo_with_the_embedded_model_publishes_to_mqtt(mosquitto, tmp_path):
+    async with Collector(mosquitto.port, f"{PREFIX}/#") as collector:
+        demo = Spikecut(tmp_path, "demo", "demo", "--count", "10", "--speed", "10",
+                        "--mqtt", mosquitto.url(PREFIX))  # fmt: skip
+        try:
+            assert await demo.wait(60) == 0, demo.stderr()
+        finally:
+            demo.close()
+        await until(lambda: len(collector.decisions()) == 10, what="10 decisions")
+    out = demo.out.read_text()
+    printed = [line for line in out.splitlines() if line.startswith("[")]
+    assert len(printed) == 10
+    labels = [line.split("-> ")[1].split()[0] for line in printed]
+    assert [d.label_name for d in sorted(collector.decisions(), key=lambda d: d.seq)] == labels
+    accuracy = float(out.split("accuracy")[-1].split("%")[0])
+    assert accuracy >= 70  # a trained model on digits it never saw
