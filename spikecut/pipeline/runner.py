@@ -79,7 +79,6 @@ from spikecut.pipeline.decision import (
     Stats,
     StatsMeter,
     check_stream_id,
-    percentile,
 )
 from spikecut.pipeline.sinks import Sink
 from spikecut.pipeline.windowing import StageStats, windows
@@ -385,9 +384,6 @@ class StreamReport:
     segment_wall_s: list[float] = field(default_factory=list)
     timesteps: list[int] = field(default_factory=list)
     error: str | None = None
-
-    def latency_ms(self, q: float) -> float | None:
-        return percentile(self.latencies_ms, q)
 
 
 DecisionCallback = Callable[[Decision, SegmentInfo], Any]
