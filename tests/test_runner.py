@@ -25,6 +25,7 @@ from spikecut.errors import ConfigError
 from spikecut.pipeline.binning import Window
 from spikecut.pipeline.decision import Decision
 from spikecut.pipeline.runner import (
+    INLINE_STEP_MAX_S,
     Runner,
     RunOptions,
     Segmentation,
@@ -333,6 +334,16 @@ async def test_the_event_loop_stays_responsive_while_networks_step(recordings, m
 
     assert await max_loop_lag_s(step_in_thread=True) < 0.05
     assert await max_loop_lag_s(step_in_thread=False) >= 0.1  # the inline baseline blocks
+
+
+def test_small_networks_step_inline_and_slow_ones_in_threads(model, monkeypatch):
+    sink = StdoutSink(io.StringIO())
+    monkeypatch.setattr(model, "step_time_s", INLINE_STEP_MAX_S / 4)
+    assert not Runner(model, sink).steps_in_thread
+    assert Runner(model, sink, RunOptions(step_in_thread=True)).steps_in_thread
+    monkeypatch.setattr(model, "step_time_s", INLINE_STEP_MAX_S * 4)
+    assert Runner(model, sink).steps_in_thread
+    assert not Runner(model, sink, RunOptions(step_in_thread=False)).steps_in_thread
 
 
 async def test_a_live_source_cannot_be_one_recording(model):

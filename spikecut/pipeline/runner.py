@@ -9,12 +9,14 @@ Per stream, one asyncio task: source -> windowing stage (`windows`, the same `Fr
 training) -> segmenter -> one SNN step per window (single-step mode, `torch.inference_mode`, its own
 `NetState`) -> cutoff rule -> `Decision` -> sink. Streams run concurrently in one process.
 
-SNN steps run in a worker thread (a shared pool with a thread per stream, at most
-`MAX_STEP_WORKERS`): torch releases the GIL inside its kernels, so the event loop keeps reading
-sources, binning and publishing while a step runs, and one stream with a slow step never delays
-another's windows. `RunOptions(step_in_thread=False)` steps inline on the loop instead (a little
-less overhead per step, but a slow network then stalls every stream). The pool is also what makes
-the loop's latency bounded: `tools/bench_pipeline.py` measures both.
+Where SNN steps run (`RunOptions.step_in_thread`): in worker threads (a shared pool with a thread
+per stream, at most `MAX_STEP_WORKERS`), or inline on the event loop. torch releases the GIL inside
+its kernels, so with threads the loop keeps reading sources, binning and publishing while a step
+runs, and a stream with a slow network never delays another's windows. But each hand-over to a
+thread and back costs about 0.1-0.2 ms and a cold cache, as much as a whole step of a small 34x34
+network. The default (None) therefore decides from the step time measured when the model loads:
+inline below `INLINE_STEP_MAX_S` (the loop is then held for less than that per step), threads
+above. `tools/bench_pipeline.py` and the tests measure both.
 
 A stream plays its sources one after another; the windowing restarts at each (its origin is the
 source's first event). How a source's windows become segments (one decision each) is chosen by
@@ -90,6 +92,8 @@ log = logging.getLogger(__name__)
 SEGMENT_MODES = ("recording", "fixed", "activity")
 #: Upper bound on the step worker threads (one per stream up to this many).
 MAX_STEP_WORKERS = 32
+#: Networks whose step takes less than this run inline on the event loop by default.
+INLINE_STEP_MAX_S = 0.001
 #: `Window.closed_at` is `time.perf_counter()`; decisions count latency on `time.monotonic_ns()`.
 _PERF_TO_MONOTONIC_NS = time.monotonic_ns() - time.perf_counter_ns()
 
@@ -221,10 +225,17 @@ class StreamModel:
         return StepResult(state, label, gap, check.stop, check.forced, threshold, synops)
 
     def _warm_up(self) -> None:
-        """One step before any thread runs: the op-count hooks are installed on the first
-        counted step, which must not happen in two threads at once."""
+        """One step before any thread runs (the op-count hooks are installed on the first counted
+        step, which must not happen in two threads at once), then `step_time_s`: the median of
+        three more."""
         frames = np.zeros(self.input_shape, dtype=np.float32)
-        self.step(frames, self.init_state())
+        state = self.step(frames, self.init_state()).state
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            state = self.step(frames, state).state
+            times.append(time.perf_counter() - start)
+        self.step_time_s = sorted(times)[1]
 
 
 def configure_torch(threads: int) -> None:
@@ -348,7 +359,7 @@ class RunOptions:
 
     segmentation: Segmentation = field(default_factory=Segmentation)
     cutoff: bool = True
-    step_in_thread: bool = True
+    step_in_thread: bool | None = None  # None: threads if the model's step is slow (see above)
     queue_size: int = 8
     policy: str | None = None
     wall_grace_us: int = 5_000
@@ -425,6 +436,13 @@ class Runner:
         self._meters: dict[str, StatsMeter] = {}
         self._executor: ThreadPoolExecutor | None = None
 
+    @property
+    def steps_in_thread(self) -> bool:
+        """Whether SNN steps run in worker threads (else inline on the event loop)."""
+        if self.options.step_in_thread is not None:
+            return self.options.step_in_thread
+        return self.model.step_time_s >= INLINE_STEP_MAX_S
+
     async def run(self, streams: Sequence[Stream]) -> list[StreamReport]:
         """Run every stream to its end (or until cancelled); one report per stream, in order."""
         ids = [s.stream_id for s in streams]
@@ -434,7 +452,7 @@ class Runner:
         for stream in streams:
             self.reports[stream.stream_id] = StreamReport(stream.stream_id)
             self._meters[stream.stream_id] = StatsMeter(stream.stream_id)
-        if self.options.step_in_thread:
+        if self.steps_in_thread:
             workers = max(1, min(len(streams), MAX_STEP_WORKERS))
             self._executor = ThreadPoolExecutor(workers, thread_name_prefix="spikecut-step")
         stats_task = None
@@ -687,6 +705,7 @@ def _next_window_bounds(spec: WindowSpec, last: Window) -> tuple[int, int]:
 
 
 __all__ = [
+    "INLINE_STEP_MAX_S",
     "MAX_STEP_WORKERS",
     "SEGMENT_MODES",
     "RunOptions",
