@@ -23,6 +23,7 @@ from spikecut.models.training import (
     LOSSES,
     METHODS,
     OPTIMIZERS,
+    PRECISIONS,
     SCHEDULES,
     TrainConfig,
     train,
@@ -55,12 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test", type=float, default=defaults.test, help="(datasets without one)")
     p.add_argument("--max-shift-px", type=int, help="translation (default: the preset's)")
     p.add_argument("--limit", type=int, help="first n samples of each split (smoke runs)")
-    p.add_argument(
-        "--epsilon", type=float, help="cutoff ε stored (default: chosen on validation)"
-    )
+    p.add_argument("--epsilon", type=float, help="cutoff ε stored (default: chosen on validation)")
     p.add_argument("--cache", choices=CACHES, default=defaults.cache)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (lazy cache)")
     p.add_argument("--device", default=defaults.device, help="auto, cpu or cuda")
+    p.add_argument("--precision", choices=PRECISIONS, default=defaults.precision)
     p.add_argument("--threads", type=int, help="torch CPU threads per process")
     p.add_argument("--stop-after", type=int, help="stop after this many epochs (resume later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         cache=args.cache,
         workers=args.workers,
         device=args.device,
+        precision=args.precision,
         out_dir=args.out,
     )
     command = shlex.join(["python", "tools/train.py", *(sys.argv[1:] if argv is None else argv)])

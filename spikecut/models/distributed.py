@@ -17,6 +17,9 @@ With these, N processes and one process give the same weights up to float roundi
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -79,14 +82,25 @@ def gather_rows(x: Tensor) -> Tensor:
     gradient path to each process's own rows. Every process must pass the same shape."""
     if _world() == 1:
         return x
-    return torch.cat(dist_fn.all_gather(x.contiguous()), dim=0)
+    with _public_api():
+        return torch.cat(dist_fn.all_gather(x.contiguous()), dim=0)
 
 
 def all_reduce_sum(x: Tensor) -> Tensor:
     """Differentiable sum over processes (identity in a single process)."""
     if _world() == 1:
         return x
-    return dist_fn.all_reduce(x)
+    with _public_api():
+        return dist_fn.all_reduce(x)
+
+
+@contextmanager
+def _public_api() -> Iterator[None]:
+    """torch.distributed.nn.functional is the public differentiable API; it warns that a private
+    module will replace it. Keep the logs quiet until there is a public successor."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -137,7 +151,7 @@ def use_global_batchnorm(net: StepNet) -> StepNet:
             old = module.bn
             new = GlobalBatchNorm(
                 old.num_features, old.eps, old.momentum, old.affine, old.track_running_stats
-            ).to(next(old.parameters()).device if old.affine else old.running_mean.device)
+            ).to(old.running_mean)  # same device and dtype
             new.load_state_dict(old.state_dict())
             new.train(old.training)
             module.bn = new

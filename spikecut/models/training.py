@@ -40,11 +40,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from spikecut.errors import ConfigError
 from spikecut.models.architectures import ARCHITECTURES, build_model
-from spikecut.models.checkpoint import CheckpointConfig, load_checkpoint, save_checkpoint
+from spikecut.models.checkpoint import (
+    WEIGHTS_FILE,
+    CheckpointConfig,
+    load_checkpoint,
+    save_checkpoint,
+)
 from spikecut.models.conversion import convert_to_snn
 from spikecut.models.cutoff import (
     CALIBRATION_DROPOUT,
@@ -89,6 +95,7 @@ LOSSES = ("tet", "mean")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
 CACHES = ("memory", "lazy")
+PRECISIONS = ("float32", "float64")
 
 
 @dataclass
@@ -97,7 +104,10 @@ class TrainConfig:
     preset's (T, span / T, the preset's translation). `batch_size` is the global batch (split
     evenly over processes). `limit` keeps the first n samples of each split (tests, smoke runs).
     `epsilon` is the tolerance of the cutoff rule stored as the checkpoint's default; None picks
-    the cheapest ε of the sweep that loses no accuracy on the validation split."""
+    the cheapest ε of the sweep that loses no accuracy on the validation split. `precision`
+    "float64" trains in double precision (the final checkpoint is float32 either way): spikes
+    turn rounding differences into different spikes, so comparing two ways of computing the same
+    run (N processes against one) needs it."""
 
     dataset: str = "emulated-digits"
     root: str | None = None
@@ -126,6 +136,7 @@ class TrainConfig:
     calibration_dropout: float = CALIBRATION_DROPOUT
     cache: str = "memory"
     workers: int = 0
+    precision: str = "float32"
     device: str = "auto"
     out_dir: str = "runs/train"
 
@@ -137,6 +148,7 @@ class TrainConfig:
             ("optimizer", self.optimizer, OPTIMIZERS),
             ("schedule", self.schedule, SCHEDULES),
             ("cache", self.cache, CACHES),
+            ("precision", self.precision, PRECISIONS),
         )
         for name, value, allowed in checks:
             if value not in allowed:
@@ -323,9 +335,16 @@ def make_optimizer(
 # --- validation ----------------------------------------------------------------------------------
 
 
+def _outputs(net: StepNet, data: FrameSet | LazyFrames, batch_size: int) -> tuple[Tensor, Tensor]:
+    """Cumulative outputs and labels of `net` on `data`, frames in the network's precision."""
+    dtype = next(net.parameters()).dtype
+    batches = ((f.to(dtype), labels) for f, labels in ordered_batches(data, batch_size))
+    return collect_outputs(net, batches)
+
+
 def validation_metrics(net: StepNet, data: FrameSet | LazyFrames, batch_size: int) -> dict:
     """Accuracy at every t, at T, its mean over t, and the mean OCT of `net` on `data`."""
-    y, labels = collect_outputs(net, ordered_batches(data, batch_size))
+    y, labels = _outputs(net, data, batch_size)
     per_step = accuracy_per_step(y, labels)
     return {
         "acc_T": float(per_step[-1]),
@@ -462,15 +481,17 @@ def _train(
     spec = config.window_spec()
     frame_shape = spec.frame_shape((config.preset.width, config.preset.height))
 
-    net = build_network(config, frame_shape, len(classes)).to(context.device)
+    dtype = getattr(torch, config.precision)
+    net = build_network(config, frame_shape, len(classes)).to(context.device, dtype)
+    if context.distributed:
+        use_global_batchnorm(net)  # before the optimizer takes the parameters
     optimizer, scheduler = make_optimizer(config, net)
     start_epoch, best_score, best_epoch, best_metrics = 0, (-1.0, -1.0), -1, {}
     history: list[dict[str, Any]] = []
     resumed = _load_last(run_dir)
     if resumed is not None:
         state_dir, trainer = resumed
-        loaded, _ = load_checkpoint(state_dir)
-        net.load_state_dict(loaded.state_dict())
+        net.load_state_dict(load_file(state_dir / WEIGHTS_FILE, device=str(context.device)))
         optimizer.load_state_dict(trainer["optimizer"])
         scheduler.load_state_dict(trainer["scheduler"])
         torch.set_rng_state(trainer["torch_rng"])
@@ -488,7 +509,6 @@ def _train(
 
     model: nn.Module = net
     if context.distributed:
-        use_global_batchnorm(net)
         device_ids = [context.device.index] if context.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
 
@@ -514,7 +534,7 @@ def _train(
         )
         for indices, (frames, labels) in bar:
             frames = augment_batch(frames, random_shifts(shift, config.seed, epoch, indices))
-            x = frames.transpose(0, 1).to(context.device, non_blocking=True)
+            x = frames.transpose(0, 1).to(context.device, dtype, non_blocking=True)
             labels = labels.to(context.device)
             recording = record_activations() if config.alpha > 0 else contextlib.nullcontext()
             with recording as records:
@@ -593,7 +613,7 @@ def _train(
 
 def validation_metrics_ann(net: StepNet, data: FrameSet | LazyFrames, batch_size: int) -> float:
     """Accuracy of a QCFS ANN's time-averaged output (what it was trained on)."""
-    y, labels = collect_outputs(net, ordered_batches(data, batch_size))
+    y, labels = _outputs(net, data, batch_size)
     return float((y[-1].argmax(dim=-1) == labels).double().mean())
 
 
