@@ -21,13 +21,15 @@ from spikecut.models import (
     rcs_loss,
     record_activations,
 )
-from spikecut.models.data import augment_batch, random_shifts, shift_frames
+from spikecut.models.data import LazyFrames, augment_batch, random_shifts, shift_frames
 from spikecut.models.distributed import DistContext
 from spikecut.models.training import (
     EPSILONS,
     TrainConfig,
     epoch_batches,
     global_rcs_loss,
+    make_splits,
+    split_frames,
     train,
 )
 from spikecut.pipeline.binning import WindowSpec
@@ -195,3 +197,21 @@ def test_shifts_are_bounded_seeded_and_zero_filled():
     batch = frames[None].repeat(2, 1, 1, 1)[:, None]  # [B=2, T=1, 2, 5, 6]
     out = augment_batch(batch, np.array([[0, 0], [2, -1]]))
     assert torch.equal(out[0], batch[0]) and torch.equal(out[1, 0], moved)
+
+
+def test_lazy_binning_trains_the_same_network_as_the_memory_cache(digits_folder, tmp_path):
+    memory = tiny(digits_folder, tmp_path / "memory", epochs=1, limit=32, max_shift_px=2)
+    lazy = replace(memory, cache="lazy", out_dir=str(tmp_path / "lazy"))
+    splits = make_splits(memory)
+    cached = split_frames(memory, splits, "train")
+    on_demand = split_frames(lazy, splits, "train")
+    assert isinstance(on_demand, LazyFrames) and len(on_demand) == len(cached) == 32
+    for i in (0, 7, 31):
+        frames, label = on_demand[i]
+        assert torch.equal(frames, cached[i][0]) and label == cached[i][1]
+    a = train(memory, progress=False)
+    b = train(lazy, progress=False)
+    ours = load_file(Path(b.run_dir) / "last" / "state-0" / "weights.safetensors")
+    reference = load_file(Path(a.run_dir) / "last" / "state-0" / "weights.safetensors")
+    for key in reference:
+        assert torch.equal(ours[key], reference[key]), key

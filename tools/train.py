@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--dataset", choices=sorted(PRESETS), default=defaults.dataset)
     p.add_argument("--root", help="dataset folder (N-MNIST layouts, tonic's save_to)")
-    p.add_argument("--arch", default=defaults.arch, help="architecture (spikecut.models)")
+    p.add_argument("--arch", help="architecture (default: the dataset's, see DEFAULT_ARCH)")
     p.add_argument("--method", choices=METHODS, default=defaults.method)
     p.add_argument("--loss", choices=LOSSES, default=defaults.loss, help="direct training loss")
     p.add_argument("--qcfs-levels", type=int, default=defaults.qcfs_levels, help="QCFS L")

@@ -96,22 +96,30 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
 CACHES = ("memory", "lazy")
 PRECISIONS = ("float32", "float64")
+#: The paper's network per dataset (method §4.3), and the small net for 34x34 digits.
+DEFAULT_ARCH = {
+    "nmnist": "nmnist_small",
+    "emulated-digits": "nmnist_small",
+    "cifar10-dvs": "vgg_cifar10dvs",
+    "dvs-gesture": "vgg_gesture",
+    "ncaltech101": "vgg_ncaltech101",
+}
 
 
 @dataclass
 class TrainConfig:
-    """One training run. `timesteps`, `window_us` and `max_shift_px` default to the dataset
-    preset's (T, span / T, the preset's translation). `batch_size` is the global batch (split
-    evenly over processes). `limit` keeps the first n samples of each split (tests, smoke runs).
-    `epsilon` is the tolerance of the cutoff rule stored as the checkpoint's default; None picks
-    the cheapest ε of the sweep that loses no accuracy on the validation split. `precision`
-    "float64" trains in double precision (the final checkpoint is float32 either way): spikes
-    turn rounding differences into different spikes, so comparing two ways of computing the same
-    run (N processes against one) needs it."""
+    """One training run. `arch`, `timesteps`, `window_us` and `max_shift_px` default to the
+    dataset preset's (`DEFAULT_ARCH`, T, span / T, the preset's translation). `batch_size` is the
+    global batch (split evenly over processes). `limit` keeps the first n samples of each split
+    (tests, smoke runs). `epsilon` is the tolerance of the cutoff rule stored as the checkpoint's
+    default; None picks the cheapest ε of the sweep that loses no accuracy on the validation
+    split. `precision` "float64" trains in double precision (the final checkpoint is float32
+    either way): spikes turn rounding differences into different spikes, so comparing two ways
+    of computing the same run (N processes against one) needs it."""
 
     dataset: str = "emulated-digits"
     root: str | None = None
-    arch: str = "nmnist_small"
+    arch: str | None = None
     method: str = "direct"
     loss: str = "tet"
     qcfs_levels: int = 4
@@ -154,6 +162,8 @@ class TrainConfig:
             if value not in allowed:
                 raise ConfigError(f"TrainConfig.{name}={value!r}: expected one of {allowed}")
         get_preset(self.dataset)
+        if self.arch is None:
+            self.arch = DEFAULT_ARCH[self.dataset]
         if self.arch not in ARCHITECTURES:
             raise ConfigError(f"unknown architecture {self.arch!r}; known: {sorted(ARCHITECTURES)}")
         for name in ("epochs", "batch_size"):
