@@ -10,7 +10,8 @@ Input, all real recordings (../shared):
 - "cropped 640x480": Prophesee sparklers (EVT 2.0, 640x480), looped, cropped and downsampled into
   34x34 by the WindowSpec (`roi`, `downsample`): the other way of feeding a big sensor to the net.
 - "segments": nmnist_1k files replayed one after another as a single stream in `recording` mode
-  (the dataset case), once with the cutoff and once with the same model forced to T steps.
+  (the dataset case), once with the cutoff and once with the same model forced to T steps; for a
+  model trained on emulated digits also its own (synthetic) test split, where it stops earlier.
 
 Throughput (Mev/s, events per wall second, full speed, file replay): reading alone (baseline),
 reading + windowing, and the whole pipeline (windowing + stepwise SNN + cutoff + decisions to a
@@ -157,6 +158,12 @@ def main() -> None:
     parser.add_argument("--loops", type=int, default=20, help="passes over the sparklers file")
     parser.add_argument("--segments", type=int, default=300, help="recordings for cutoff vs T")
     parser.add_argument("--rounds", type=int, default=6, help="alternations of cutoff/forced")
+    parser.add_argument(
+        "--emulated",
+        type=int,
+        default=179,
+        help="emulated test digits for cutoff vs T too (a model trained on them; 0: skip)",
+    )
     parser.add_argument("--cores", type=int, default=1, help="CPUs to run on (default 1)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -321,6 +328,19 @@ def main() -> None:
             out["segments"][placement] = _cutoff_vs_forced(
                 model, files, modes, args.rounds, pipeline_run, open_source
             )
+        if args.emulated and model.config.extra.get("dataset") == "emulated-digits":
+            # the model's own test split (synthetic): a larger timestep reduction
+            from spikecut.pipeline.demo import demo_recordings
+
+            emulated, _, info = demo_recordings(model, args.emulated)
+            paths = []
+            for i, events in enumerate(emulated):
+                paths.append(Path(folder) / f"emulated{i:04d}.npz")
+                write_events(paths[-1], events, info)
+            modes = {"cutoff": recording(True, None), "forced_T": recording(False, None)}
+            out["segments"]["default, emulated test split"] = _cutoff_vs_forced(
+                model, paths, modes, args.rounds, pipeline_run, open_source
+            )
 
     if args.json:
         print(json.dumps(out, indent=2))
@@ -455,9 +475,10 @@ def report_text(out: dict) -> None:
     )
     for placement, s in out["segments"].items():
         cut, forced = s["cutoff"], s["forced_T"]
+        what = "emulated digits" if "emulated" in placement else "N-MNIST recordings"
         print(
-            f"\nper segment, steps {placement}: {cut['segments']} N-MNIST recordings one after "
-            f"another (recording mode, {s['rounds']} alternating rounds)"
+            f"\nper segment, steps {placement}: {cut['segments']} {what} one after another "
+            f"(recording mode, {s['rounds']} alternating rounds)"
         )
         for name, run in (("cutoff", cut), ("forced to T", forced)):
             print(
