@@ -16,12 +16,15 @@ from pipeline_helpers import (
     WINDOW_US,
     T,
     concatenate,
+    cumulative_outputs,
     make_checkpoint,
     offline_decisions,
     offline_fixed_segments,
+    padded_frames,
 )
 
 from spikecut.errors import ConfigError
+from spikecut.models import load_checkpoint, topk_gap
 from spikecut.pipeline.binning import Window
 from spikecut.pipeline.decision import Decision
 from spikecut.pipeline.runner import (
@@ -244,9 +247,9 @@ class StalledSource:
 
     live = False
 
-    def __init__(self, events: np.ndarray) -> None:
+    def __init__(self, events: np.ndarray, name: str = "stalled") -> None:
         self.events = events
-        self.info = StreamInfo(34, 34, "stalled")
+        self.info = StreamInfo(34, 34, name)
 
     async def __aenter__(self):
         return self
@@ -255,7 +258,7 @@ class StalledSource:
         return None
 
     async def __aiter__(self):
-        yield self.events[:100]
+        yield self.events
         await asyncio.Event().wait()
 
 
@@ -273,7 +276,7 @@ async def test_a_failing_or_stalled_stream_does_not_stop_the_others(
     streams = [
         Stream("good0", [open_source(recordings[0])]),
         Stream("damaged", [open_source(damaged, chunk_events=256)]),
-        Stream("stalled", [StalledSource(events)]),
+        Stream("stalled", [StalledSource(events[:100])]),
         Stream("wrong", [open_source(wrong_sensor)]),
         Stream("good3", [open_source(recordings[3])]),
     ]
@@ -304,6 +307,45 @@ async def test_a_failing_or_stalled_stream_does_not_stop_the_others(
     assert "expects (2, 34, 34)" in runner.reports["wrong"].error
     # what the damaged file delivered before the damage was still classified
     assert len(decisions["damaged"]) == 1 and runner.reports["damaged"].windows > 0
+
+
+@pytest.mark.parametrize("step_in_thread", [False, True])
+async def test_stopping_decides_the_segments_in_progress(
+    recordings, checkpoint, model, step_in_thread
+):
+    """Cancelling run() (what Ctrl-C does) decides every segment that has had a step with what it
+    has, exit "interrupted", before run() ends; a segment without a step has nothing to decide."""
+    (offline,) = offline_decisions(checkpoint, recordings[2:3])
+    assert offline.steps > 3  # this recording's cutoff does not fire in its first 3 windows
+    events, info = read_events(recordings[2])
+    t0 = int(events["t"][0])
+    # events up to 3.5 windows: windows 0-2 close and are stepped, then the source hangs
+    begun = StalledSource(events[events["t"] < t0 + 3 * WINDOW_US + WINDOW_US // 2], "begun")
+    waiting = StalledSource(events[events["t"] < t0 + WINDOW_US // 2], "waiting")
+    out = io.StringIO()
+    async with StdoutSink(out) as sink:
+        runner = Runner(model, sink, RunOptions(step_in_thread=step_in_thread))
+        task = asyncio.create_task(
+            runner.run([Stream("begun", [begun]), Stream("waiting", [waiting])])
+        )
+        deadline = time.monotonic() + 30
+        while not (runner.reports.get("begun") and runner.reports["begun"].steps == 3):
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    (decision,) = [Decision.from_json(line) for line in out.getvalue().splitlines()]
+    assert (decision.stream, decision.seq, decision.exit) == ("begun", 0, "interrupted")
+    assert (decision.timesteps, decision.threshold) == (3, None)
+    assert (decision.segment_start_us, decision.segment_end_us) == (t0, t0 + 3 * WINDOW_US)
+    assert decision.events == int((events["t"] < t0 + 3 * WINDOW_US).sum())
+    # what the network had after 3 windows, as the offline multi-step network computes it
+    frames = padded_frames(events, info, model.spec, T)
+    y = cumulative_outputs(load_checkpoint(checkpoint)[0], [frames])[2, 0]
+    assert decision.label == int(y.argmax())
+    assert decision.gap == pytest.approx(float(topk_gap(y)), rel=1e-4, abs=1e-6)
+    assert runner.reports["begun"].interrupted == 1 and runner.reports["waiting"].decisions == 0
 
 
 async def test_the_event_loop_stays_responsive_while_networks_step(recordings, model, monkeypatch):

@@ -12,12 +12,21 @@ import sys
 from pathlib import Path
 
 import pytest
-from pipeline_helpers import T, make_checkpoint, offline_decisions
+from pipeline_helpers import (
+    T,
+    cumulative_outputs,
+    make_checkpoint,
+    offline_decisions,
+    padded_frames,
+)
 from test_mqtt import Collector, retained, until
 
+from spikecut.models import load_checkpoint, topk_gap
 from spikecut.pipeline.app import stream_ids
+from spikecut.pipeline.binning import WindowSpec
 from spikecut.pipeline.cli import main
 from spikecut.pipeline.decision import Decision
+from spikecut.sources import read_events
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "test/cli"
@@ -213,6 +222,43 @@ async def test_live_processes_share_a_broker_die_and_stop_cleanly(
             for process in processes:
                 process.close()
     assert json.loads(collector.payloads("alpha.60001/stats")[-1])["decisions"] >= 1
+
+
+async def test_ctrl_c_decides_the_segment_in_progress_before_going_offline(
+    mosquitto, recordings, checkpoint, tmp_path
+):
+    url = mosquitto.url(PREFIX)
+    jsonl = tmp_path / "slow.jsonl"
+    async with Collector(mosquitto.port, f"{PREFIX}/#") as collector:
+        # 1/20 of real time: a 30 ms window closes every 0.6 s, a T-window segment takes 6 s
+        replay = Spikecut(tmp_path, "slow", "replay", recordings[2], "--model", checkpoint,
+                          "--speed", "0.05", "--no-cutoff", "--instance", "slow", "--stream-id",
+                          "slow", "--mqtt", url, "--sink", jsonl)  # fmt: skip
+        try:
+            status = f"{PREFIX}/status/slow"
+            await until(lambda: collector.statuses(status) == ["online"], 60, "slow online")
+            await asyncio.sleep(3)  # mid-segment
+            assert await replay.stop(signal.SIGINT) == 0, replay.stderr()
+        finally:
+            replay.close()
+        await until(lambda: collector.statuses(status) == ["online", "offline"], what="offline")
+    (decision,) = collector.decisions()
+    assert (decision.stream, decision.seq, decision.exit) == ("slow", 0, "interrupted")
+    assert 1 <= decision.timesteps < T and decision.threshold is None
+    assert read_jsonl(jsonl) == [decision]
+    # published before the process said offline
+    order = [(str(m.topic), bytes(m.payload)) for m in collector.messages]
+    decided = next(i for i, (topic, _) in enumerate(order) if topic == f"{PREFIX}/slow/decision")
+    assert decided < order.index((status, b"offline"))
+    # decided with what it had: the network's output after its last window
+    net, config = load_checkpoint(checkpoint)
+    events, info = read_events(recordings[2])
+    frames = padded_frames(events, info, WindowSpec.from_dict(config.windowing), T)
+    y = cumulative_outputs(net, [frames])[decision.timesteps - 1, 0]
+    assert decision.label == int(y.argmax())
+    assert decision.gap == pytest.approx(float(topk_gap(y)), rel=1e-4, abs=1e-6)
+    summary = replay.stderr().strip().splitlines()[-1]
+    assert "1 decision(s) (0 cutoff, 1 interrupted)" in summary and summary.endswith("interrupted")
 
 
 def test_demo_prints_each_decision_and_a_summary(cli, checkpoint, capsys):

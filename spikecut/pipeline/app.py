@@ -12,8 +12,10 @@ Naming, so that several processes can share one MQTT broker (see README, "Scalin
   `online` there with the same instance name, it refuses to start (exit 2) instead of fighting
   over the topics. MQTT client ids are unique per process (`spikecut-<host>-<pid>-<random>`).
 
-Ctrl-C (SIGINT) and SIGTERM stop the streams, flush what the sinks still hold (the MQTT outbox,
-up to its flush timeout), publish `offline` and exit 0. A second signal skips the flush.
+Ctrl-C (SIGINT) and SIGTERM stop the streams: each segment in progress is decided with the
+windows it had (`exit="interrupted"`, see `Runner`) and published; then the sinks flush what they
+still hold (the MQTT outbox, up to its flush timeout), publish `offline`, and the process exits 0.
+A second signal skips what is left of that.
 """
 
 from __future__ import annotations
@@ -273,9 +275,11 @@ async def serve(
 def _summarise(command: str, reports: list[StreamReport], sink: Sink, interrupted: bool) -> int:
     decisions = sum(r.decisions for r in reports)
     cutoffs = sum(r.cutoffs for r in reports)
+    stopped = sum(r.interrupted for r in reports)
     steps = [t for r in reports for t in r.timesteps]
     latencies = [x for r in reports for x in r.latencies_ms]
-    line = f"{len(reports)} stream(s), {decisions} decision(s) ({cutoffs} cutoff)"
+    line = f"{len(reports)} stream(s), {decisions} decision(s) ({cutoffs} cutoff"
+    line += f", {stopped} interrupted)" if stopped else ")"
     if steps:
         line += f", mean {sum(steps) / len(steps):.2f} timesteps"
     if latencies:

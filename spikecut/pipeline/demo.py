@@ -69,6 +69,7 @@ class _Console:
     latencies_ms: list[float] = field(default_factory=list)
     synops: list[float] = field(default_factory=list)
     cutoffs: int = 0
+    interrupted: int = 0
 
     def __call__(self, decision: Decision, info: SegmentInfo) -> None:
         truth = self.labels[info.source_index]
@@ -77,6 +78,7 @@ class _Console:
         self.steps.append(decision.timesteps)
         self.synops.append(decision.synops)
         self.cutoffs += decision.exit == "cutoff"
+        self.interrupted += decision.exit == "interrupted"
         if decision.latency_ms is not None:
             self.latencies_ms.append(decision.latency_ms)
         done = len(self.steps)
@@ -84,7 +86,7 @@ class _Console:
             how = f"cutoff at t={decision.timesteps:>2}/{decision.max_timesteps}"
             why = f"gap {decision.gap:6.2f} > {decision.threshold:.2f}"
         else:
-            how = f"forced at t={decision.timesteps:>2}/{decision.max_timesteps}"
+            how = f"{decision.exit} at t={decision.timesteps:>2}/{decision.max_timesteps}"
             why = f"gap {decision.gap:6.2f} (never crossed)"
         print(
             f"[{done:>3}/{len(self.labels)}] digit {self.class_names[truth]} -> "
@@ -104,7 +106,8 @@ class _Console:
             f"  accuracy      {self.correct / n:.1%} ({self.correct}/{n})",
             f"  timesteps     mean {mean_steps:.2f} of T={self.timesteps} "
             f"({self.timesteps / mean_steps:.2f}x fewer); {self.cutoffs} cutoff, "
-            f"{n - self.cutoffs} forced",
+            f"{n - self.cutoffs - self.interrupted} forced"
+            + (f", {self.interrupted} interrupted" if self.interrupted else ""),
             f"  latency       p50 {percentile(self.latencies_ms, 50):.2f} ms, "
             f"p99 {percentile(self.latencies_ms, 99):.2f} ms "
             "(deciding window closed -> decision published)",

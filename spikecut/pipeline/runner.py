@@ -40,6 +40,11 @@ end of a source (fixed/activity) is decided, forced, at its last step. `RunOptio
 still evaluates the rule at every step (same work) but always runs T steps: the baseline that
 `tools/bench_pipeline.py` compares against.
 
+Stopping: when `run()` is cancelled (Ctrl-C, SIGTERM in the CLI), every segment in progress that
+has had at least one SNN step is decided at once with what it has, `exit="interrupted"`, and
+published before `run()` ends (so before the sink flushes and says offline). A segment without a
+step has nothing to decide. A second cancellation aborts those last publications.
+
 Decision latency starts at the moment the windowing stage closed the deciding window
 (`Window.closed_at`) and ends when the sink takes the decision.
 
@@ -394,6 +399,7 @@ class StreamReport:
     latencies_ms: list[float] = field(default_factory=list)
     segment_wall_s: list[float] = field(default_factory=list)
     timesteps: list[int] = field(default_factory=list)
+    interrupted: int = 0  # decisions of segments stopped mid-way (run() cancelled)
     error: str | None = None
 
 
@@ -412,6 +418,7 @@ class _Segment:
     synops: float = 0.0
     last: StepResult | None = None
     last_window: Window | None = None
+    decided: bool = False  # its decision was handed to the sink (or is being handed)
 
 
 # --- the runner ----------------------------------------------------------------------------------
@@ -432,6 +439,10 @@ class Runner:
         self.sink = sink
         self.options = options or RunOptions()
         self.on_decision = on_decision
+        # read once: every decision carries them
+        self._class_names = list(model.class_names)
+        self._timesteps = int(model.timesteps)
+        self._model_id = model.model_id
         self.reports: dict[str, StreamReport] = {}
         self._meters: dict[str, StatsMeter] = {}
         self._executor: ThreadPoolExecutor | None = None
@@ -530,30 +541,34 @@ class Runner:
                 wall_grace_us=options.wall_grace_us,
                 stats=stage,
             )
-            async with contextlib.aclosing(stage_windows):
-                try:
-                    async for window in stage_windows:
-                        self._count_window(window, report, meter)
-                        if not segmenter.admit(window):
-                            report.skipped_windows += 1
-                            if segmenter.finished and not keeps_time:
-                                break
-                            continue
-                        if segment is None:
-                            segment = self._new_segment(window)
-                        decided = await self._advance(stream, index, source, segment, window)
-                        if decided:
-                            segment = None
-                            segmenter.decided()
-                            if segmenter.finished and not keeps_time:
-                                break
-                except SpikecutError as exc:
-                    error = exc  # after every window delivered before it
-            if segment is not None:
-                if recording:
-                    await self._pad(stream, index, source, segment, spec, report)
-                else:
-                    await self._decide(stream, index, source, segment, forced_end=True)
+            try:
+                async with contextlib.aclosing(stage_windows):
+                    try:
+                        async for window in stage_windows:
+                            self._count_window(window, report, meter)
+                            if not segmenter.admit(window):
+                                report.skipped_windows += 1
+                                if segmenter.finished and not keeps_time:
+                                    break
+                                continue
+                            if segment is None:
+                                segment = self._new_segment(window)
+                            if await self._advance(stream, index, source, segment, window):
+                                segment = None
+                                segmenter.decided()
+                                if segmenter.finished and not keeps_time:
+                                    break
+                    except SpikecutError as exc:
+                        error = exc  # after every window delivered before it
+                if segment is not None:
+                    if recording:
+                        await self._pad(stream, index, source, segment, spec, report)
+                    else:
+                        await self._decide(stream, index, source, segment, "forced")
+            except asyncio.CancelledError:
+                if segment is not None and segment.steps and not segment.decided:
+                    await self._decide(stream, index, source, segment, "interrupted")
+                raise
             if error is not None:
                 raise error
 
@@ -570,7 +585,7 @@ class Runner:
             meter.add_dropped(events=lost_events, windows=drops.backpressure_windows)
 
     def _new_segment(self, window: Window) -> _Segment:
-        return _Segment(self.model.init_state(), window.t_start_us, time.perf_counter())
+        return _Segment(self.model.init_state(), int(window.t_start_us), time.perf_counter())
 
     async def _step(self, segment: _Segment, frames: np.ndarray) -> StepResult:
         step = self.model.step
@@ -589,13 +604,13 @@ class Runner:
         result = await self._step(segment, window.frames)
         segment.state = result.state
         segment.steps += 1
-        segment.events += window.n_events
+        segment.events += int(window.n_events)
         segment.synops += result.synops
         segment.last, segment.last_window = result, window
         self.reports[stream.stream_id].steps += 1
         if not result.stop:
             return False
-        await self._decide(stream, index, source, segment)
+        await self._decide(stream, index, source, segment, "forced" if result.forced else "cutoff")
         return True
 
     async def _pad(
@@ -626,39 +641,45 @@ class Runner:
                 return
 
     async def _decide(
-        self,
-        stream: Stream,
-        index: int,
-        source: EventSource,
-        segment: _Segment,
-        *,
-        forced_end: bool = False,
+        self, stream: Stream, index: int, source: EventSource, segment: _Segment, exit: str
     ) -> None:
+        """Publish the segment's decision from its last step; `exit` is "cutoff" when the rule
+        fired there, else why the segment ended ("forced": T or the end of its stream;
+        "interrupted": the run was cancelled)."""
         result, window = segment.last, segment.last_window
         assert result is not None and window is not None
+        segment.decided = True
         report = self.reports[stream.stream_id]
-        cutoff = not forced_end and not result.forced
-        decision = Decision(
+        cutoff = exit == "cutoff"
+        if not (math.isfinite(result.gap) and math.isfinite(segment.synops)):
+            raise CheckpointError(
+                f"model {self._model_id!r}: non-finite network output on stream "
+                f"{stream.stream_id!r} (Top-K gap {result.gap}, synaptic ops {segment.synops}) "
+                f"at timestep {segment.steps}: the checkpoint's weights are broken"
+            )
+        # Every value is a plain int/float/str computed here: no schema check (see decision.py).
+        decision = Decision.unchecked(
             stream=stream.stream_id,
             seq=report.decisions,
             label=result.label,
-            label_name=self.model.class_names[result.label],
+            label_name=self._class_names[result.label],
             gap=result.gap,
             threshold=result.threshold if cutoff else None,
-            exit="cutoff" if cutoff else "forced",
+            exit=exit,
             timesteps=segment.steps,
-            max_timesteps=self.model.timesteps,
+            max_timesteps=self._timesteps,
             segment_start_us=segment.start_us,
-            segment_end_us=window.t_end_us,
+            segment_end_us=int(window.t_end_us),
             events=segment.events,
             synops=segment.synops,
-            model=self.model.model_id,
+            model=self._model_id,
             window_closed_ns=int(window.closed_at * 1e9) + _PERF_TO_MONOTONIC_NS,
         )
         report.decisions += 1
         decision = await self.sink.publish(decision)
         wall_s = time.perf_counter() - segment.started
         report.cutoffs += cutoff
+        report.interrupted += exit == "interrupted"
         report.timesteps.append(segment.steps)
         report.segment_wall_s.append(wall_s)
         if decision.latency_ms is not None:
