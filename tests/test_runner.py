@@ -242,6 +242,12 @@ def test_activity_needs_quiet_windows_before_the_next_segment():
         Segmentation("sometimes")
 
 
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "5"])
+def test_run_options_reject_a_bad_stats_interval(bad):
+    with pytest.raises(ConfigError, match="stats_interval_s"):
+        RunOptions(stats_interval_s=bad)
+
+
 class StalledSource:
     """A source that delivers one chunk and then never another (a hung camera)."""
 

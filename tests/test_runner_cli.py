@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from test_mqtt import Collector, retained, until
 from spikecut.models import load_checkpoint, topk_gap
 from spikecut.pipeline.app import stream_ids
 from spikecut.pipeline.binning import WindowSpec
-from spikecut.pipeline.cli import main
+from spikecut.pipeline.cli import build_parser, main
 from spikecut.pipeline.decision import Decision
 from spikecut.sources import read_events
 
@@ -113,6 +114,28 @@ def test_bad_input_is_one_clear_line(cli, recordings, checkpoint, tmp_path, caps
     with pytest.raises(SystemExit):
         cli("live", "dv://cam", "--segment", "recording")
     assert "invalid choice: 'recording'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli("replay", recordings[0], "--stats-interval", "-1")
+    assert "--stats-interval: expected a number >= 0, got '-1'" in capsys.readouterr().err
+
+
+def test_the_readme_names_only_real_options():
+    """Every --flag in the README's sections on running streams exists in the CLI (those of the
+    tools/ scripts aside)."""
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("## Classifying streams")
+    text = readme[start : readme.index("\n## Training", start)]
+    text = re.sub(r"`[^`]*tools/[^`]*`", "", text)
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    known = {
+        flag
+        for name in ("replay", "live", "demo")
+        for action in commands[name]._actions
+        for flag in action.option_strings
+    }
+    mentioned = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", text))
+    assert mentioned and mentioned <= known, sorted(mentioned - known)
 
 
 def test_stream_ids_are_unique_and_say_where_they_come_from():

@@ -370,6 +370,15 @@ class RunOptions:
     wall_grace_us: int = 5_000
     stats_interval_s: float | None = 5.0
 
+    def __post_init__(self) -> None:
+        interval = self.stats_interval_s
+        if interval is not None and not (
+            isinstance(interval, (int, float)) and 0 < interval < math.inf
+        ):
+            raise ConfigError(
+                f"stats_interval_s must be a positive number of seconds or None, got {interval!r}"
+            )
+
 
 @dataclass(frozen=True)
 class SegmentInfo:
