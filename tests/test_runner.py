@@ -5,8 +5,10 @@ and an event loop that stays responsive while the network steps."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
+import math
 import time
 from pathlib import Path
 
@@ -240,6 +242,17 @@ def test_activity_needs_quiet_windows_before_the_next_segment():
         Segmentation("activity", activity_rate=10, quiet_rate=20)
     with pytest.raises(ConfigError, match="segment mode"):
         Segmentation("sometimes")
+
+
+async def test_a_non_finite_network_output_ends_the_stream_with_a_clear_error(
+    recordings, model, monkeypatch
+):
+    real_step = model.step
+    monkeypatch.setattr(
+        model, "step", lambda *a, **k: dataclasses.replace(real_step(*a, **k), gap=math.nan)
+    )
+    (report,), decisions = await run(model, [Stream("nan", [open_source(recordings[0])])])
+    assert decisions == [] and "non-finite network output" in report.error
 
 
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "5"])

@@ -664,7 +664,7 @@ class Runner:
             raise CheckpointError(
                 f"model {self._model_id!r}: non-finite network output on stream "
                 f"{stream.stream_id!r} (Top-K gap {result.gap}, synaptic ops {segment.synops}) "
-                f"at timestep {segment.steps}: the checkpoint's weights are broken"
+                f"at timestep {segment.steps}: are the checkpoint's weights broken?"
             )
         # Every value is a plain int/float/str computed here: no schema check (see decision.py).
         decision = Decision.unchecked(
