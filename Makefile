@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint demo clean
+.PHONY: setup test lint demo results clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ test: lint
 
 demo: $(STAMP)
 	$(BIN)/spikecut demo
+
+# docs/RESULTS.md on real N-MNIST (../shared/data/nmnist_1k); reuses finished runs in runs/results.
+results: $(STAMP)
+	$(BIN)/python tools/results.py --root ../shared/data/nmnist_1k
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

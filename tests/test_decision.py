@@ -24,8 +24,8 @@ from spikecut.pipeline.decision import (
 )
 
 
-def decision(**changes) -> Decision:
-    fields = dict(
+def fields(**changes) -> dict:
+    values = dict(
         stream="cam0",
         seq=7,
         label=3,
@@ -41,8 +41,12 @@ def decision(**changes) -> Decision:
         synops=6.5e6,
         model="nmnist-cnn@3f2a",
     )
-    fields.update(changes)
-    return Decision(**fields)
+    values.update(changes)
+    return values
+
+
+def decision(**changes) -> Decision:
+    return Decision(**fields(**changes))
 
 
 def test_json_round_trip_keeps_every_field_in_schema_order():
@@ -62,6 +66,33 @@ def test_forced_decision_has_null_threshold():
     record = json.loads(forced.to_json())
     assert record["threshold"] is None and record["exit"] == "forced"
     assert Decision.from_json(forced.to_json()) == forced
+
+
+def test_an_interrupted_decision_has_null_threshold():
+    stopped = decision(exit="interrupted", threshold=None, timesteps=3)
+    assert json.loads(stopped.to_json())["exit"] == "interrupted"
+    assert Decision.from_json(stopped.to_json()) == stopped
+    with pytest.raises(SchemaError, match="threshold"):
+        decision(exit="interrupted")  # the cutoff did not fire: no threshold was crossed
+
+
+def test_unchecked_decisions_equal_checked_ones():
+    values = fields(decided_at="2025-05-01T12:00:00.000001+00:00", window_closed_ns=1_000_000)
+    checked, unchecked = Decision(**values), Decision.unchecked(**values)
+    assert unchecked == checked and unchecked.to_json() == checked.to_json()
+    assert unchecked.window_closed_ns == 1_000_000
+    stamped = unchecked.stamped(3_500_000)
+    assert stamped == checked.stamped(3_500_000) and stamped.latency_ms == 2.5
+    assert unchecked.latency_ms is None  # stamping makes a new decision
+    assert Decision.from_json(stamped.to_json()) == stamped
+    # the defaults are Decision's
+    fresh = Decision.unchecked(**fields())
+    assert fresh.schema_version == SCHEMA_VERSION and fresh.latency_ms is None
+    assert datetime.fromisoformat(fresh.decided_at).utcoffset() == timedelta(0)
+    with pytest.raises(TypeError, match="unknown field"):
+        Decision.unchecked(**fields(colour="red"))
+    with pytest.raises(TypeError, match=r"missing field\(s\) \['model'\]"):
+        Decision.unchecked(**{k: v for k, v in fields().items() if k != "model"})
 
 
 def test_schema_documents_every_field():

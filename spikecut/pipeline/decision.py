@@ -14,9 +14,12 @@ Decision fields, in wire order:
     label             int >= 0     predicted class index
     label_name        str          predicted class name
     gap               number       Top-1 minus Top-2 of the accumulated output at the deciding step
-    threshold         number|null  calibrated threshold beta[t] the gap exceeded; null if forced
-    exit              str          "cutoff" (the gap exceeded the threshold) or "forced" (it never
-                                   did: decided at T, or at the last step of a shorter segment)
+    threshold         number|null  calibrated threshold beta[t] the gap exceeded; null unless
+                                   exit is "cutoff"
+    exit              str          "cutoff" (the gap exceeded the threshold), "forced" (it never
+                                   did: decided at T, or at the last step of a segment its stream
+                                   ended) or "interrupted" (the process was stopped mid-segment:
+                                   decided at its last step with the windows it had)
     timesteps         int >= 1     timesteps used (one window each)
     max_timesteps     int >= 1     T
     segment_start_us  int          sensor time of the segment's first window start (µs)
@@ -37,6 +40,14 @@ decision in its outbox inside `publish` and sends it at once when connected; tim
 in the outbox during a broker outage is not in `latency_ms`: it shows as the distance between
 `decided_at` and arrival, and in the MQTT sink's `counters.outbox_wait_ms_p50/p99` (publish to
 PUBACK). A decision without `window_closed_ns` (e.g. re-read from JSON) keeps its latency.
+
+Validation. `Decision(...)`, `from_dict` and `from_json` check every field against the schema.
+The runner builds its decisions with `Decision.unchecked(...)` instead: their values are its own
+plain Python numbers, and the check costs tens of microseconds on every segment, a fixed cost
+that eats into the wall-clock saving of an early exit (a small network's step is ~0.3 ms). Tests
+check that what the runner publishes passes `from_json`.
+
+Versions: 1 had exits "cutoff" and "forced" only; 2 adds "interrupted".
 """
 
 from __future__ import annotations
@@ -54,9 +65,9 @@ from typing import Any, Literal, NoReturn
 
 from spikecut.errors import ConfigError, SchemaError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-EXITS = ("cutoff", "forced")
+EXITS = ("cutoff", "forced", "interrupted")
 
 _STREAM_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$"
 _STREAM_ID = re.compile(_STREAM_PATTERN.strip("^$"))
@@ -143,13 +154,14 @@ DECISION_SCHEMA: dict = _object_schema(
         "label_name": _string("Predicted class name."),
         "gap": _number("Top-1 minus Top-2 of the accumulated output at the deciding timestep."),
         "threshold": _number(
-            "Calibrated threshold the gap exceeded at that timestep; null when forced.",
+            "Calibrated threshold the gap exceeded at that timestep; null unless exit is 'cutoff'.",
             nullable=True,
         ),
         "exit": {
             "enum": list(EXITS),
             "description": "'cutoff': the gap exceeded the threshold; 'forced': it never did and "
-            "the decision was taken at T (or at the last timestep of a shorter segment).",
+            "the decision was taken at T (or at the last timestep of a segment its stream ended); "
+            "'interrupted': the process was stopped mid-segment and decided at its last timestep.",
         },
         "timesteps": _integer("Timesteps (windows) the network ran for this decision.", minimum=1),
         "max_timesteps": _integer("T, the timestep budget of a segment.", minimum=1),
@@ -273,8 +285,11 @@ def _loads(payload: str | bytes, title: str) -> Any:
         raise SchemaError(f"{title}: payload is not JSON ({exc}): {payload[:80]!r}") from None
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _dumps(record: dict) -> str:
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(record)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -287,7 +302,7 @@ class Decision:
     label_name: str
     gap: float
     threshold: float | None
-    exit: Literal["cutoff", "forced"]
+    exit: Literal["cutoff", "forced", "interrupted"]
     timesteps: int
     max_timesteps: int
     segment_start_us: int
@@ -319,6 +334,27 @@ class Decision:
                 "is given exactly when the cutoff fired)"
             )
 
+    @classmethod
+    def unchecked(cls, **fields: Any) -> Decision:
+        """A decision built without the schema check, for values computed in this process (the
+        runner's own ints, floats and strings; see "Validation" above). Defaults as `Decision`."""
+        unknown = fields.keys() - _DECISION_FIELDS
+        missing = _DECISION_REQUIRED - fields.keys()
+        if unknown or missing:
+            problems = [f"unknown field(s) {sorted(unknown)}"] if unknown else []
+            problems += [f"missing field(s) {sorted(missing)}"] if missing else []
+            raise TypeError(f"Decision.unchecked: {', '.join(problems)}")
+        if "decided_at" not in fields:
+            fields["decided_at"] = utc_now_iso()
+        return cls._filled({**_DECISION_DEFAULTS, **fields})
+
+    @classmethod
+    def _filled(cls, values: Mapping[str, Any]) -> Decision:
+        decision = object.__new__(cls)
+        for name in _DECISION_FIELDS:
+            object.__setattr__(decision, name, values[name])
+        return decision
+
     def to_dict(self) -> dict[str, Any]:
         """The wire record, keys in schema order."""
         return {key: getattr(self, key) for key in DECISION_SCHEMA["properties"]}
@@ -343,8 +379,17 @@ class Decision:
         if self.latency_ms is not None or self.window_closed_ns is None:
             return self
         now_ns = time.monotonic_ns() if now_ns is None else now_ns
-        latency_ms = max(0, now_ns - self.window_closed_ns) / 1e6
-        return dataclasses.replace(self, latency_ms=latency_ms)
+        values = {name: getattr(self, name) for name in _DECISION_FIELDS}
+        values["latency_ms"] = max(0, now_ns - self.window_closed_ns) / 1e6
+        return self._filled(values)  # checked already (or unchecked); a latency >= 0 keeps it so
+
+
+_DECISION_FIELDS = tuple(f.name for f in dataclasses.fields(Decision))
+#: Defaults of `Decision.unchecked` (decided_at, a factory, is filled in there).
+_DECISION_DEFAULTS = {
+    f.name: f.default for f in dataclasses.fields(Decision) if f.default is not dataclasses.MISSING
+}
+_DECISION_REQUIRED = set(_DECISION_FIELDS) - _DECISION_DEFAULTS.keys() - {"decided_at"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
