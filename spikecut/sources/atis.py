@@ -91,18 +91,17 @@ class AtisBinReader(EventReader):
     def _decode(self) -> Iterator[np.ndarray]:
         state = np.zeros(1, dtype=np.int64)
         for offset, block in self._blocks(0, 5):
-            buf = np.frombuffer(block, dtype=np.uint8)
-            n_records = len(block) // 5
+            n_records = block.size // 5
             pos = 0
             while pos < n_records:
                 out = self._new_chunk()
-                pos, n, _ = _atis_kernel(buf, pos, n_records, state, out, self._track)
+                pos, n, _ = _atis_kernel(block, pos, n_records, state, out, self._track)
                 if n:
                     yield out[:n]
-            if len(block) % 5:
+            if block.size % 5:
                 raise self._error(
                     TruncatedFileError,
-                    f"file ends inside a 5-byte event ({len(block) % 5} byte(s) left over)",
+                    f"file ends inside a 5-byte event ({block.size % 5} byte(s) left over)",
                     offset=offset + 5 * n_records,
                 )
 

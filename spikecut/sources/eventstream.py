@@ -111,12 +111,12 @@ class EventStreamReader(EventReader):
     def _decode(self) -> Iterator[np.ndarray]:
         state = np.zeros(2, dtype=np.int64)
         height = self.info.height
-        leftover = b""
+        leftover = np.empty(0, dtype=np.uint8)
         leftover_offset = self._data_offset
         for offset, block in self._blocks(self._data_offset):
-            data = leftover + block if leftover else block
-            base = leftover_offset if leftover else offset
-            buf = np.frombuffer(data, dtype=np.uint8)
+            buf = np.concatenate((leftover, block)) if leftover.size else block
+            buf.flags.writeable = False  # one kernel signature for both cases
+            base = leftover_offset if leftover.size else offset
             pos = 0
             while True:
                 out = self._new_chunk()
@@ -125,12 +125,12 @@ class EventStreamReader(EventReader):
                     yield out[:n]
                 if status != _FULL:
                     break
-            leftover = data[pos:]
+            leftover = buf[pos:].copy()  # the block's buffer is reused
             leftover_offset = base + pos
-        if leftover:
+        if leftover.size:
             raise self._error(
                 TruncatedFileError,
-                f"file ends inside a 5-byte DVS event ({len(leftover)} byte(s) present)",
+                f"file ends inside a 5-byte DVS event ({leftover.size} byte(s) present)",
                 offset=leftover_offset,
             )
 

@@ -237,21 +237,20 @@ class Aedat2Reader(EventReader):
         width, height = (info.width, info.height) if info else (0, 0)
         state = np.zeros(4, dtype=np.int64)
         for offset, block in self._blocks(self._data_offset, rec):
-            buf = np.frombuffer(block, dtype=np.uint8)
-            n_records = len(block) // rec
+            n_records = block.size // rec
             pos = 0
             while pos < n_records:
                 out = self._new_chunk()
                 pos, n, _ = _jaer_kernel(
-                    buf, pos, n_records, rec, self._layout, width, height, state, out, self._track
+                    block, pos, n_records, rec, self._layout, width, height, state, out, self._track
                 )
                 if n:
                     yield out[:n]
-            if len(block) % rec:
+            if block.size % rec:
                 raise self._error(
                     TruncatedFileError,
                     f"file ends inside a {rec}-byte AEDAT record "
-                    f"({len(block) % rec} byte(s) left over)",
+                    f"({block.size % rec} byte(s) left over)",
                     offset=offset + n_records * rec,
                 )
 

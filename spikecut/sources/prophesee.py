@@ -255,48 +255,51 @@ def _evt3_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
 
 @njit(cache=True, nogil=True)
 def _dat_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
-    """`words` holds (t, data) uint32 pairs; pos counts records. 32-bit t wraps are unrolled."""
-    t_hi = track[0]
+    """`words` holds (t, data) uint32 pairs; pos counts records. 32-bit t wraps are unrolled.
+
+    Lean on registers (this loop is memory-bound only while nothing spills): time order is
+    noted from each record's step against the previous one rather than a running maximum."""
     mx = track[1]
     my = track[2]
     disorder = track[3]
     last = state[0]
     wraps = state[1]
-    n = 0
-    size = words.size // 2
-    status = _DONE
-    stop = min(size, pos + out.size)
-    if stop < size:
-        status = _FULL
-    while pos < stop:
-        t_raw = np.int64(words[2 * pos])
-        data = np.int64(words[2 * pos + 1])
+    count = min(words.size // 2 - pos, out.size)
+    records = words[2 * pos : 2 * (pos + count)]
+    n = count
+    status = _FULL if count < words.size // 2 - pos else _DONE
+    for i in range(count):
+        t_raw = np.int64(records[2 * i])
+        data = np.int64(records[2 * i + 1])
         p = data >> 28
         if p > 1:
+            n = i
             status = _BAD
             break
-        wraps += last - t_raw > (1 << 31)  # a drop of more than half the range: a wrap
+        step = last - t_raw
+        wrapped = step > (1 << 31)  # a drop of more than half the range: a wrap
+        wraps += wrapped
+        disorder |= (step > 0) & (step <= (1 << 31))  # branch-free: this runs per event
         last = t_raw
-        t = t_raw + (wraps << 32)
         x = data & 0x3FFF
         y = (data >> 14) & 0x3FFF
-        out[n].t = t
-        out[n].x = x
-        out[n].y = y
-        out[n].p = p
-        disorder |= t < t_hi  # branch-free: this runs per event
-        t_hi = max(t_hi, t)
+        out[i].t = t_raw + (wraps << 32)
+        out[i].x = x
+        out[i].y = y
+        out[i].p = p
         mx = max(mx, x)
         my = max(my, y)
-        n += 1
-        pos += 1
+    if n:
+        # In order within the chunk: only its first event can be behind what came before, and
+        # its last one is its latest.
+        disorder |= out[0].t < track[0]
+        track[0] = out[n - 1].t
     state[0] = last
     state[1] = wraps
-    track[0] = t_hi
     track[1] = mx
     track[2] = my
     track[3] = disorder
-    return pos, n, status
+    return pos + n, n, status
 
 
 # --- incremental decoders --------------------------------------------------------------------
@@ -758,38 +761,31 @@ class DatReader(EventReader):
         state = np.zeros(4, dtype=np.int64)
         index = 0
         for offset, block in self._blocks(self._data_offset, 8):
-            n_records = len(block) // 8
-            if len(block) % 8:
+            n_records = block.size // 8
+            words = block[: 8 * n_records].view("<u4")
+            pos = 0
+            while pos < n_records:
+                out = self._new_chunk()
+                pos, n, status = _dat_kernel(words, pos, state, out, self._track)
+                if n:
+                    yield out[:n]
+                if status == _BAD:
+                    data = int(words[2 * pos + 1])
+                    raise self._error(
+                        CorruptFileError,
+                        f"DAT record has polarity field {data >> 28} (word 0x{data:08X}); "
+                        "CD events have 0 or 1",
+                        offset=offset + 8 * pos,
+                        index=index + pos,
+                    )
+            if block.size % 8:
                 # Only the last block can be partial: report where the cut record starts.
-                yield from self._decode_records(block, n_records, state, offset, index)
                 raise self._error(
                     TruncatedFileError,
-                    f"file ends inside an 8-byte DAT record ({len(block) % 8} byte(s) left over)",
+                    f"file ends inside an 8-byte DAT record ({block.size % 8} byte(s) left over)",
                     offset=offset + n_records * 8,
                 )
-            yield from self._decode_records(block, n_records, state, offset, index)
             index += n_records
-
-    def _decode_records(
-        self, block: bytes, n_records: int, state: np.ndarray, offset: int, index: int
-    ) -> Iterator[np.ndarray]:
-        words = np.frombuffer(block, dtype="<u4", count=2 * n_records)
-        pos = 0
-        while pos < n_records:
-            out = self._new_chunk()
-            new_pos, n, status = _dat_kernel(words, pos, state, out, self._track)
-            pos = new_pos
-            if n:
-                yield out[:n]
-            if status == _BAD:
-                data = int(words[2 * pos + 1])
-                raise self._error(
-                    CorruptFileError,
-                    f"DAT record has polarity field {data >> 28} (word 0x{data:08X}); "
-                    "CD events have 0 or 1",
-                    offset=offset + 8 * pos,
-                    index=index + pos,
-                )
 
 
 # --- writers ---------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from spikecut.sources.events import EVENT_DTYPE, StreamInfo, empty_events
 #: Default upper bound on the number of events in one chunk.
 DEFAULT_CHUNK_EVENTS = 1 << 16
 #: How many bytes a reader reads from its file at a time.
-BLOCK_BYTES = 1 << 20
+BLOCK_BYTES = 1 << 18
 #: Longest header we accept before calling a file corrupt (jAER headers reach ~175 KB).
 MAX_HEADER_BYTES = 16 << 20
 
@@ -456,18 +456,24 @@ class EventReader:
             )
         return data
 
-    def _blocks(self, start: int, record_bytes: int = 1) -> Iterator[tuple[int, bytes]]:
+    def _blocks(self, start: int, record_bytes: int = 1) -> Iterator[tuple[int, np.ndarray]]:
         """(offset, bytes) blocks from `start` to the end of the file, each a whole number of
-        `record_bytes` except possibly the last one (the caller reports a partial record)."""
+        `record_bytes` except possibly the last one (the caller reports a partial record).
+
+        Every block is a read-only uint8 view of one buffer that the next block overwrites
+        (no new object per block): copy what must outlive the iteration step."""
         block = max(record_bytes, BLOCK_BYTES - BLOCK_BYTES % record_bytes)
+        buffer = np.empty(block, dtype=np.uint8)
         self._file.seek(start)
         offset = start
         while True:
-            data = self._file.read(block)
-            if not data:
+            size = self._file.readinto(buffer)
+            if not size:
                 return
+            data = buffer[:size]
+            data.flags.writeable = False
             yield offset, data
-            offset += len(data)
+            offset += size
 
     def _new_chunk(self, size: int | None = None) -> np.ndarray:
         """Output space for the next decoded chunk (inside the whole-file array in read_all)."""
@@ -510,11 +516,13 @@ class _Arena:
         self.size = 0
 
     def take(self, n: int) -> np.ndarray:
-        """Space for up to n events; less when the array is nearly full (kernels stop and ask
-        again when their output is full), so a good size guess never grows the array."""
+        """All the space the array has left (chunk sizes do not matter here, and bigger ones
+        mean fewer calls), growing it by at least n events when less than a little is left:
+        kernels stop and ask again when their output is full, so a good size guess never
+        grows the array."""
         if self.buf.size - self.size < min(n, _MIN_TAKE):
             self._reserve(n)
-        return self.buf[self.size : self.size + n]
+        return self.buf[self.size :]
 
     def _reserve(self, n: int) -> None:
         if self.size + n > self.buf.size:
