@@ -112,6 +112,15 @@ def test_evt3_words_before_the_first_time_high_are_skipped():
     assert events.tolist() == [((1 << 12) + 3, 9, 0, 1)]  # y unset before the base: 0
 
 
+def test_evt2_words_before_the_first_time_high_are_skipped():
+    cd_on, cd_off = 1 << 28, 0  # CD_ON / CD_OFF words: t low bits 0, x 0, y 0
+    others, time_high = 0xE << 28, (0x8 << 28) | 2  # OTHERS, TIME_HIGH 2 (t = 128)
+    data = struct.pack("<6I", cd_on, others, cd_off, time_high, cd_on | (5 << 22) | (3 << 11), 0)
+    assert Evt2Decoder().decode(data).tolist() == [(128 + 5, 3, 0, 1), (128, 0, 0, 0)]
+    with pytest.raises(CorruptFileError, match="undefined EVT 2.0 word 0x50000000"):
+        Evt2Decoder().decode(struct.pack("<2I", cd_on, 0x5 << 28))  # before any TIME_HIGH
+
+
 def test_evt3_vectors_and_exposure_rows():
     data = _words3(
         0x8000,  # TIME_HIGH 0

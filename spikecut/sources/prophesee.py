@@ -71,6 +71,8 @@ from spikecut.sources.writer import EventWriter
 
 # Kernel return status.
 _DONE, _FULL, _BAD = 0, 1, 2
+#: Unsigned 1, to count with unsigned indices in kernels (uint64 + int64 is float64 in Numba).
+_ONE = np.uint64(1)
 
 # EVT 3.0 time-base loop constants (OpenEB).
 _EVT3_MAX_BASE = ((1 << 12) - 1) << 12
@@ -104,6 +106,8 @@ PROPHESEE_JITTER_US = 1000
 
 @njit(cache=True, nogil=True)
 def _evt2_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
+    """Indices are unsigned: Numba then leaves out negative-index wraparound, whose extra
+    registers made LLVM spill the loop's state to the stack (a third of the time)."""
     t_hi = track[0]
     mx = track[1]
     my = track[2]
@@ -111,30 +115,35 @@ def _evt2_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
     base = state[0]
     have_base = state[1]
     loops = state[2]
-    n = 0
-    cap = out.size
-    size = words.size
+    i = np.uint64(pos)
+    n = np.uint64(0)
+    cap = np.uint64(out.size)
+    size = np.uint64(words.size)
     status = _DONE
-    while pos < size:
-        w = np.int64(words[pos])
+    while not have_base and i < size:  # no time base yet: skip what precedes the first TIME_HIGH
+        kind = np.int64(words[i]) >> 28
+        if kind == 0x8 or (kind > 1 and kind != 0xA and kind != 0xE and kind != 0xF):
+            break  # TIME_HIGH, or an undefined word: for the loop below
+        i += _ONE
+    while i < size:
+        w = np.int64(words[i])
         kind = w >> 28
         if kind <= 1:
-            if have_base:
-                if n >= cap:
-                    status = _FULL
-                    break
-                t = base + ((w >> 22) & 0x3F)
-                x = (w >> 11) & 0x7FF
-                y = w & 0x7FF
-                out[n].t = t
-                out[n].x = x
-                out[n].y = y
-                out[n].p = kind
-                n += 1
-                disorder |= t < t_hi  # branch-free: this runs per event
-                t_hi = max(t_hi, t)
-                mx = max(mx, x)
-                my = max(my, y)
+            if n >= cap:
+                status = _FULL
+                break
+            t = base + ((w >> 22) & 0x3F)
+            x = (w >> 11) & 0x7FF
+            y = w & 0x7FF
+            out[n].t = t
+            out[n].x = x
+            out[n].y = y
+            out[n].p = kind
+            n += _ONE
+            disorder |= t < t_hi  # branch-free: this runs per event
+            t_hi = max(t_hi, t)
+            mx = max(mx, x)
+            my = max(my, y)
         elif kind == 0x8:
             new_base = ((w & 0x0FFFFFFF) << 6) + loops * _EVT2_LOOP
             if have_base and base > new_base and base - new_base >= _EVT2_LOOP_DROP:
@@ -145,7 +154,7 @@ def _evt2_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
         elif kind != 0xA and kind != 0xE and kind != 0xF:
             status = _BAD
             break
-        pos += 1
+        i += _ONE
     state[0] = base
     state[1] = have_base
     state[2] = loops
@@ -153,11 +162,12 @@ def _evt2_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
     track[1] = mx
     track[2] = my
     track[3] = disorder
-    return pos, n, status
+    return np.int64(i), np.int64(n), status
 
 
 @njit(cache=True, nogil=True)
 def _evt3_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
+    """Unsigned indices, as in `_evt2_kernel`."""
     t_hi = track[0]
     mx = track[1]
     my = track[2]
@@ -170,27 +180,20 @@ def _evt3_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
     x_base = state[5]
     polarity = state[6]
     is_em = state[7]
-    n = 0
-    cap = out.size
-    size = words.size
+    i = np.uint64(pos)
+    n = np.uint64(0)
+    cap = np.uint64(out.size)
+    size = np.uint64(words.size)
     status = _DONE
-    while pos < size:
-        w = np.int64(words[pos])
+    while not have_base and i < size:  # no time base yet: skip what precedes the first TIME_HIGH
+        kind = np.int64(words[i]) >> 12
+        if kind == 0x8 or kind == 0x9 or kind == 0xB or kind == 0xC or kind == 0xD:
+            break  # TIME_HIGH, or an undefined word: for the loop below
+        i += _ONE
+    while i < size:
+        w = np.int64(words[i])
         kind = w >> 12
-        if kind == 0x8:
-            new_base = ((w & 0xFFF) << 12) + loops * _EVT3_LOOP
-            if have_base and base > new_base and base - new_base >= _EVT3_LOOP_DROP:
-                new_base += _EVT3_LOOP
-                loops += 1
-            base = new_base
-            t = base
-            have_base = 1
-        elif kind == 0x9 or kind == 0xB or kind == 0xC or kind == 0xD:
-            status = _BAD
-            break
-        elif not have_base:
-            pass
-        elif kind == 0x2:
+        if kind == 0x2:
             if not is_em:
                 if n >= cap:
                     status = _FULL
@@ -200,7 +203,7 @@ def _evt3_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
                 out[n].x = x
                 out[n].y = y
                 out[n].p = (w >> 11) & 1
-                n += 1
+                n += _ONE
                 disorder |= t < t_hi  # branch-free: this runs per event
                 t_hi = max(t_hi, t)
                 mx = max(mx, x)
@@ -208,19 +211,19 @@ def _evt3_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
         elif kind == 0x4 or kind == 0x5:
             width = 12 if kind == 0x4 else 8
             if not is_em:
-                if n + width > cap:
+                if n + np.uint64(width) > cap:
                     status = _FULL
                     break
                 mask = w & ((1 << width) - 1)
                 if mask:
-                    for i in range(width):
-                        if (mask >> i) & 1:
+                    for bit in range(width):
+                        if (mask >> bit) & 1:
                             out[n].t = t
-                            out[n].x = x_base + i
+                            out[n].x = x_base + bit
                             out[n].y = y
                             out[n].p = polarity
-                            n += 1
-                            x = x_base + i  # the largest x of the vector, in the end
+                            n += _ONE
+                            x = x_base + bit  # the largest x of the vector, in the end
                     disorder |= t < t_hi  # branch-free: this runs per event
                     t_hi = max(t_hi, t)
                     mx = max(mx, x)
@@ -229,15 +232,26 @@ def _evt3_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
         elif kind == 0x0:
             y = w & 0x7FF
             is_em = 0
-        elif kind == 0x1:
-            is_em = 1
+        elif kind == 0x6:
+            t = base + (w & 0xFFF)
+        elif kind == 0x8:
+            new_base = ((w & 0xFFF) << 12) + loops * _EVT3_LOOP
+            if have_base and base > new_base and base - new_base >= _EVT3_LOOP_DROP:
+                new_base += _EVT3_LOOP
+                loops += 1
+            base = new_base
+            t = base
+            have_base = 1
         elif kind == 0x3:
             x_base = w & 0x7FF
             polarity = (w >> 11) & 1
-        elif kind == 0x6:
-            t = base + (w & 0xFFF)
+        elif kind == 0x1:
+            is_em = 1
+        elif kind == 0x9 or kind == 0xB or kind == 0xC or kind == 0xD:
+            status = _BAD
+            break
         # 0x7 CONTINUED_4, 0xA EXT_TRIGGER, 0xE OTHERS, 0xF CONTINUED_12: nothing for CD events.
-        pos += 1
+        i += _ONE
     state[0] = base
     state[1] = t
     state[2] = have_base
@@ -250,7 +264,7 @@ def _evt3_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
     track[1] = mx
     track[2] = my
     track[3] = disorder
-    return pos, n, status
+    return np.int64(i), np.int64(n), status
 
 
 @njit(cache=True, nogil=True)
