@@ -19,7 +19,7 @@ from spikecut.sources.prophesee import (
     Evt3Encoder,
     parse_raw_header,
 )
-from spikecut.sources.reader import header_lines
+from spikecut.sources.reader import EventValidator, header_lines
 
 
 def _payload(path) -> bytes:
@@ -245,3 +245,25 @@ def test_raw_header_edge_cases():
     assert parse_raw_header(b"\x00\x80").length == 0  # no header at all
     header = parse_raw_header(b"% evt 2.0\r\n% geometry 640x480\r\n\x00")
     assert header.sensor_size == (640, 480) and header.lines[1] == "% geometry 640x480"
+
+
+def test_validator_rules_for_a_stream_that_must_go_on():
+    """What live sources ask of the readers' validator: drop what is outside the sensor, clamp
+    jitter, drop (or refuse) further steps back, and take a step back beyond `clock_reset_us`,
+    or any step back after a reconnect, as a restarted clock that the stream continues from."""
+    validator = EventValidator(
+        8, 8, jitter_us=10, drop_outside=True, drop_backwards=True, clock_reset_us=1000
+    )
+    # 105 is outside (x=9); 95 is jitter; 50 is too far back; 10 is a clock reset (1990 back).
+    t = [100, 105, 95, 50, 2000, 10, 20]
+    chunk = make_events(t, [1, 9, 1, 1, 1, 1, 1], [2] * 7, [1] * 7)
+    assert validator(chunk)["t"].tolist() == [100, 100, 2000, 2000, 2010]
+    validator.rebase_after(500)
+    assert validator(make_events([5, 6], [0, 0], [0, 0], [0, 0]))["t"].tolist() == [2510, 2511]
+    stats = validator.stats
+    assert (stats.dropped_out_of_sensor, stats.clamped_backwards) == (1, 1)
+    assert (stats.dropped_backwards, stats.clock_rebases, stats.events) == (1, 2, 7)
+    strict = EventValidator(8, 8, drop_outside=True, clock_reset_us=1000, source="cam")
+    with pytest.raises(EventDataError, match=r"cam: .* at event index 2 \(100 us -> 50 us\)"):
+        strict(make_events([100, 7, 50], [1, 1, 1], [1, 9, 1], [0, 0, 0]))
+    assert strict.stats.dropped_out_of_sensor == 1

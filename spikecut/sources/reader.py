@@ -45,6 +45,8 @@ BLOCK_BYTES = 1 << 18
 MAX_HEADER_BYTES = 16 << 20
 
 _INT64_MIN = np.iinfo(np.int64).min
+#: `reset_us` of a validator that knows no clock resets.
+_NO_RESET = np.iinfo(np.int64).max
 #: Smallest output space handed to a kernel (an EVT 3.0 vector word expands to 12 events).
 _MIN_TAKE = 64
 
@@ -61,6 +63,7 @@ class ReadStats:
     dropped_out_of_sensor: int = 0
     dropped_backwards: int = 0
     clamped_backwards: int = 0
+    clock_rebases: int = 0
     error: EventFileError | None = None
 
     @property
@@ -88,57 +91,91 @@ def _scan(events, t_last, max_x, max_y):  # pragma: no cover (compiled)
     return wrong | (p_bits > 1), t_last, max_x, max_y
 
 
+# Slots of the validator's counters array (shared with the kernel).
+_OUTSIDE_DROPS, _BACK_DROPS, _CLAMPS, _MAX_X, _MAX_Y, _REBASES, _OFFSET, _GAP = range(8)
+#: `_GAP` when no reconnect is pending.
+_NO_GAP = -1
+
+
 @njit(cache=True, nogil=True)
-def _validate(events, width, height, t_last, jitter_us, lenient, counters):  # pragma: no cover
+def _validate(
+    events, width, height, t_last, jitter_us, reset_us, drop, counters
+):  # pragma: no cover (compiled)
     """Compact `events` in place; return (kept, t_last, error kind, error index).
 
-    counters: dropped outside, dropped backwards, clamped, largest x kept, largest y kept.
+    `drop`: bit 0 drops events outside the sensor, bit 1 events too far back (else errors).
+    A step back of more than `reset_us` (a restarted clock) shifts this and every later event
+    by `counters[_OFFSET]`, so that the stream goes on from where it was; after a reconnect
+    (`counters[_GAP]` >= 0) any step back does so, plus the gap.
+
     A read-only scan first, block by block: valid chunks (the usual case) are not rewritten,
     and the first block with something wrong in it is gone through event by event."""
     size = events.size
     start = 0
-    while start < size:
+    offset = counters[_OFFSET]
+    gap = counters[_GAP]
+    while start < size and offset == 0 and gap == _NO_GAP:
         stop = min(start + _SCAN_BLOCK, size)
-        wrong, t_block, max_x, max_y = _scan(events[start:stop], t_last, counters[3], counters[4])
+        wrong, t_block, max_x, max_y = _scan(
+            events[start:stop], t_last, counters[_MAX_X], counters[_MAX_Y]
+        )
         if wrong or max_x >= width or max_y >= height:
             break
         t_last = t_block
-        counters[3] = max_x
-        counters[4] = max_y
+        counters[_MAX_X] = max_x
+        counters[_MAX_Y] = max_y
         start = stop
     if start == size:
         return size, t_last, _OK, -1
     n = start
+    kind = _OK
+    bad = -1
     for i in range(start, size):
         x = events[i].x
         y = events[i].y
         p = events[i].p
-        t = events[i].t
         if x >= width or y >= height:
-            if not lenient:
-                return n, t_last, _OUTSIDE, i
-            counters[0] += 1
+            if not drop & 1:
+                kind, bad = _OUTSIDE, i
+                break
+            counters[_OUTSIDE_DROPS] += 1
             continue
         if p > 1:
-            return n, t_last, _POLARITY, i
+            kind, bad = _POLARITY, i
+            break
+        t = events[i].t + offset
+        if gap != _NO_GAP:  # the first event after a reconnect
+            if t < t_last:
+                offset += t_last + gap - t
+                t = t_last + gap
+                counters[_REBASES] += 1
+            gap = _NO_GAP
         if t < t_last:
-            if t_last - t <= jitter_us:
+            behind = t_last - t
+            if behind > reset_us:
+                offset += behind
                 t = t_last
-                counters[2] += 1
-            elif not lenient:
-                return n, t_last, _BACKWARDS, i
-            else:
-                counters[1] += 1
+                counters[_REBASES] += 1
+            elif behind <= jitter_us:
+                t = t_last
+                counters[_CLAMPS] += 1
+            elif drop & 2:
+                counters[_BACK_DROPS] += 1
                 continue
+            else:
+                kind, bad = _BACKWARDS, i
+                break
         t_last = t
         events[n].t = t
         events[n].x = x
         events[n].y = y
         events[n].p = p
-        counters[3] = max(counters[3], x)
-        counters[4] = max(counters[4], y)
+        counters[_MAX_X] = max(counters[_MAX_X], x)
+        counters[_MAX_Y] = max(counters[_MAX_Y], y)
         n += 1
-    return n, t_last, _OK, -1
+    counters[_OFFSET] = offset
+    counters[_GAP] = gap
+    return n, t_last, kind, bad
 
 
 def new_track() -> np.ndarray:
@@ -150,8 +187,20 @@ def new_track() -> np.ndarray:
 class EventValidator:
     """Checks a stream chunk by chunk against the sensor size and the arrow of time.
 
-    Call it on each decoded chunk in order; it returns the chunk (compacted in place when lenient
-    drops events, so pass arrays you own). Live sources use it the same way readers do.
+    Call it on each decoded chunk in order; it returns the chunk (compacted, or retimed, in place:
+    pass arrays you own). File readers and live sources use it alike:
+
+    - An event outside the sensor is an `EventDataError`, or with `drop_outside` dropped and
+      counted (`stats.dropped_out_of_sensor`). A polarity other than 0/1 is always an error.
+    - An event at most `jitter_us` behind the latest one moves forward to it
+      (`stats.clamped_backwards`); further back it is an error, or with `drop_backwards`
+      dropped and counted (`stats.dropped_backwards`).
+    - With `clock_reset_us`, a step back of more than that is the device's clock restarting:
+      it and every later event are shifted so that the stream goes on from where it was
+      (`stats.clock_rebases`). `rebase_after(gap_us)` announces a reconnect: if the next event
+      steps back at all, the stream goes on `gap_us` after where it was.
+
+    `lenient` is the default of both drop options.
     """
 
     def __init__(
@@ -162,15 +211,21 @@ class EventValidator:
         lenient: bool = False,
         jitter_us: int = 0,
         source: str = "events",
+        drop_outside: bool | None = None,
+        drop_backwards: bool | None = None,
+        clock_reset_us: int | None = None,
     ) -> None:
         self.width = int(width)
         self.height = int(height)
         self.lenient = lenient
+        self.drop_outside = lenient if drop_outside is None else drop_outside
+        self.drop_backwards = lenient if drop_backwards is None else drop_backwards
         self.jitter_us = int(jitter_us)
+        self.clock_reset_us = clock_reset_us
         self.source = source
         self.stats = ReadStats()
         self._t_last = _INT64_MIN
-        self._counters = np.array([0, 0, 0, -1, -1], dtype=np.int64)
+        self._counters = np.array([0, 0, 0, -1, -1, 0, 0, _NO_GAP], dtype=np.int64)
         #: Kept up to date by decoding kernels while they write a chunk (see `accept`).
         self.track = new_track()
 
@@ -181,9 +236,14 @@ class EventValidator:
     @property
     def maxima(self) -> tuple[int, int] | None:
         """Largest x and y among the events kept so far (None before any)."""
-        if self._counters[3] < 0:
+        if self._counters[_MAX_X] < 0:
             return None
-        return int(self._counters[3]), int(self._counters[4])
+        return int(self._counters[_MAX_X]), int(self._counters[_MAX_Y])
+
+    def rebase_after(self, gap_us: int) -> None:
+        """The stream reconnected after `gap_us`: a next event behind the latest one continues
+        the stream `gap_us` after it (the peer's clock restarted with the connection)."""
+        self._counters[_GAP] = max(int(gap_us), 0)
 
     def accept(self, events: np.ndarray) -> np.ndarray:
         """Validate a chunk whose decoding kernel noted its events in `self.track`.
@@ -192,24 +252,27 @@ class EventValidator:
         chunk is valid without a second look at its events (the usual case, and a memory pass
         saved); otherwise it is checked event by event like `__call__`."""
         track = self.track
+        counters = self._counters
         n = events.size
         if (
             track[3] == 0
             and track[1] < self.width
             and track[2] < self.height
+            and counters[_OFFSET] == 0
+            and counters[_GAP] == _NO_GAP
             and (n == 0 or events[n - 1]["t"] == track[0])
         ):
             self.stats.decoded += n
             self.stats.events += n
             if n:
                 self._t_last = int(track[0])
-                self._counters[3] = track[1]
-                self._counters[4] = track[2]
+                counters[_MAX_X] = track[1]
+                counters[_MAX_Y] = track[2]
             return events
         try:
             return self(events)
         finally:
-            track[:] = (self._t_last, self._counters[3], self._counters[4], 0)
+            track[:] = (self._t_last, counters[_MAX_X], counters[_MAX_Y], 0)
 
     def __call__(self, events: np.ndarray) -> np.ndarray:
         if events.dtype != EVENT_DTYPE:
@@ -218,21 +281,23 @@ class EventValidator:
         self.stats.decoded += events.size
         if events.size == 0:
             return events
-        t_before = self._t_last
+        counters = self._counters
         kept, t_last, kind, i = _validate(
             events,
             self.width,
             self.height,
             self._t_last,
             self.jitter_us,
-            self.lenient,
-            self._counters,
+            _NO_RESET if self.clock_reset_us is None else self.clock_reset_us,
+            self.drop_outside | self.drop_backwards << 1,
+            counters,
         )
         self._t_last = t_last
         stats = self.stats
-        stats.dropped_out_of_sensor = int(self._counters[0])
-        stats.dropped_backwards = int(self._counters[1])
-        stats.clamped_backwards = int(self._counters[2])
+        stats.dropped_out_of_sensor = int(counters[_OUTSIDE_DROPS])
+        stats.dropped_backwards = int(counters[_BACK_DROPS])
+        stats.clamped_backwards = int(counters[_CLAMPS])
+        stats.clock_rebases = int(counters[_REBASES])
         stats.events += kept
         if kind == _OK:
             return events[:kept]
@@ -248,10 +313,14 @@ class EventValidator:
             raise EventDataError(
                 f"{self.source}: event index {index} has polarity {e['p']}, not 0/1"
             )
-        previous = t_last if kept else t_before
         raise EventDataError(
+            self._backwards_message(index, int(t_last), int(e["t"]) + int(counters[_OFFSET]))
+        )
+
+    def _backwards_message(self, index: int, previous: int, t: int) -> str:
+        return (
             f"{self.source}: timestamps go backwards at event index {index} ({previous} us -> "
-            f"{e['t']} us); pass lenient=True to drop events that step back in time"
+            f"{t} us); pass lenient=True to drop events that step back in time"
         )
 
 
