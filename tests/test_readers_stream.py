@@ -247,6 +247,20 @@ def test_raw_header_edge_cases():
     assert header.sensor_size == (640, 480) and header.lines[1] == "% geometry 640x480"
 
 
+@pytest.mark.parametrize("header", [b"", b"% evt 3.0\n% geometry 64x32\n"], ids=["none", "no-end"])
+def test_binary_starting_with_a_percent_byte_is_data_not_header(tmp_path, header):
+    """TIME_HIGH 0x025 is the bytes 25 80: a '%' that begins no header line. The binary 'line'
+    up to the next 0x0A (the ADDR_X 10 word, 0A 20) holds control bytes: it is data."""
+    words = _words3(0x8025, 0x0003, 0x2005, 0x6001, 0x200A)
+    t = 0x25 << 12
+    expected = [(t, 5, 3, 0), (t + 1, 10, 3, 0)]
+    assert parse_raw_header(header + words + b"\x00").length == len(header)
+    path = tmp_path / "h.raw"
+    path.write_bytes(header + words)
+    events, info = read_events(path, format="evt3", sensor_size=None if header else (64, 32))
+    assert events.tolist() == expected and (info.width, info.height) == (64, 32)
+
+
 def test_validator_rules_for_a_stream_that_must_go_on():
     """What live sources ask of the readers' validator: drop what is outside the sensor, clamp
     jitter, drop (or refuse) further steps back, and take a step back beyond `clock_reset_us`,

@@ -65,6 +65,7 @@ from spikecut.sources.reader import (
     as_binary,
     concat_chunks,
     header_lines,
+    is_header_text,
     new_track,
 )
 from spikecut.sources.writer import EventWriter
@@ -660,12 +661,14 @@ class RawHeader:
     sensor_size: tuple[int, int] | None
 
 
-def parse_raw_header(data: bytes) -> RawHeader | None:
+def parse_raw_header(data: bytes, *, max_line: int = MAX_HEADER_BYTES) -> RawHeader | None:
     """The header at the start of RAW bytes, or None while more bytes could still extend it.
 
-    The header is the leading lines that start with `%` (up to and including `% end` when
+    The header is the leading text lines that start with `%` (up to and including `% end` when
     present); without `% end` it is only known to be complete once the next byte has arrived.
-    Bytes that do not start with `%` have an empty header (length 0).
+    Bytes that do not start with `%`, or a `%` line that is not text (`is_header_text`: binary
+    data starting with 0x25), are not header. An unfinished line longer than `max_line` bytes
+    is a `CorruptFileError`.
     """
     lines: list[str] = []
     pos = 0
@@ -675,16 +678,17 @@ def parse_raw_header(data: bytes) -> RawHeader | None:
         if data[pos : pos + 1] != b"%":
             break
         end = data.find(b"\n", pos)
+        line = data[pos : len(data) if end < 0 else end]
+        if not is_header_text(line):
+            break
         if end < 0:
-            if len(data) - pos > MAX_HEADER_BYTES:
-                raise CorruptFileError(
-                    f"header line longer than {MAX_HEADER_BYTES} bytes", offset=pos
-                )
+            if len(line) > max_line:
+                raise CorruptFileError(f"header line longer than {max_line} bytes", offset=pos)
             return None
-        line = data[pos:end].rstrip(b"\r").decode("latin-1")
-        lines.append(line)
+        text = line.rstrip(b"\r").decode("latin-1")
+        lines.append(text)
         pos = end + 1
-        if line == "% end":
+        if text == "% end":
             break
     return RawHeader(
         lines=lines,

@@ -651,13 +651,27 @@ class _Chunks:
         return concat_chunks(self.chunks)
 
 
+#: Bytes no header line holds: control characters other than tab and CR (LF ends the line).
+_CONTROL = bytes(b for b in range(0x20) if b not in b"\t\n\r") + b"\x7f"
+
+
+def is_header_text(line: bytes) -> bool:
+    """Whether a line that starts with a header's prefix byte is header text, not binary data.
+
+    Binary data that happens to start with the prefix byte (one headerless Prophesee stream in
+    256 starts with 0x25, `%`) holds control bytes before its next 0x0A; header lines, in
+    whatever 8-bit encoding, hold none but tab and CR."""
+    return len(line.translate(None, _CONTROL)) == len(line)
+
+
 def header_lines(
     file: BinaryIO, prefix: bytes, *, end: bytes | None = None, path: Path | None = None
 ) -> tuple[list[str], int]:
-    """Read the ASCII header lines that start with `prefix` (LF or CRLF endings).
+    """Read the text header lines that start with `prefix` (LF or CRLF endings).
 
-    Stops before the first line that does not start with `prefix`, or after a line equal to `end`.
-    Returns the decoded lines (without line endings) and the byte offset where data starts.
+    Stops before the first line that does not start with `prefix` or is not text (see
+    `is_header_text`), or after a line equal to `end`. Returns the decoded lines (without line
+    endings) and the byte offset where data starts.
     """
     file.seek(0)
     lines: list[str] = []
@@ -667,6 +681,8 @@ def header_lines(
             break
         file.seek(offset)
         line = file.readline(MAX_HEADER_BYTES)
+        if not is_header_text(line):
+            break
         if not line.endswith(b"\n"):
             if len(line) >= MAX_HEADER_BYTES:
                 raise CorruptFileError(
@@ -719,4 +735,5 @@ __all__ = [
     "as_binary",
     "concat_chunks",
     "header_lines",
+    "is_header_text",
 ]
