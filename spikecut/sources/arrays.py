@@ -24,7 +24,7 @@ import struct
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -82,6 +82,16 @@ def _parse_npy_header(file: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]
         header = ast.literal_eval(file.read(length).decode("utf-8"))
         return header["shape"], header["fortran_order"], np.dtype(header["descr"])
     raise ValueError(f"npy format version {version} is not supported")
+
+
+def _declared_size(values: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(width, height) from `width` and `height` values, else from tonic's `sensor_size`."""
+    if "width" in values and "height" in values:
+        return int(values["width"]), int(values["height"])
+    if "sensor_size" in values and np.size(values["sensor_size"]) >= 2:
+        size = np.ravel(values["sensor_size"])
+        return int(size[0]), int(size[1])
+    return None
 
 
 def _convert(columns: dict[str, np.ndarray], source: str, first: int) -> np.ndarray:
@@ -299,12 +309,7 @@ class NpzReader(_ArrayReader):
         ) as exc:
             raise self._error(CorruptFileError, str(exc)) from exc
         self._stored_origin = str(scalars.get("time_origin")) if "time_origin" in scalars else None
-        if "width" in scalars and "height" in scalars:
-            return int(scalars["width"]), int(scalars["height"])
-        if "sensor_size" in scalars and np.size(scalars["sensor_size"]) >= 2:
-            size = np.ravel(scalars["sensor_size"])
-            return int(size[0]), int(size[1])
-        return None
+        return _declared_size(scalars)
 
     def _member(self, name: str) -> _MemberStream:
         return _MemberStream(self._zip.open(self._members[name]), f"member {name!r}")
@@ -425,12 +430,7 @@ class Hdf5Reader(_ArrayReader):
             raise self._error(CorruptFileError, str(exc)) from exc
         origin = attrs.get("time_origin")
         self._stored_origin = origin.decode() if isinstance(origin, bytes) else origin
-        if "width" in attrs and "height" in attrs:
-            return int(attrs["width"]), int(attrs["height"])
-        if "sensor_size" in attrs and np.size(attrs["sensor_size"]) >= 2:
-            size = np.ravel(attrs["sensor_size"])
-            return int(size[0]), int(size[1])
-        return None
+        return _declared_size(attrs)
 
     def _iter_columns(self) -> Iterator[dict[str, np.ndarray]]:
         step = self.chunk_events

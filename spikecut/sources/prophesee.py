@@ -480,6 +480,22 @@ class Evt3Decoder(_WordDecoder):
 
 
 @njit(cache=True, nogil=True)
+def _time_high(out, n, have, base, new_base, kind, low_bits, loop_bits):  # pragma: no cover
+    """Write the TIME_HIGH word of `new_base` at out[n] (its type bits in `kind`, the time above
+    `low_bits` below them), after crossing each loop boundary (every 2**loop_bits µs) from
+    `base` explicitly, so that a decoder counts it; return the next free index."""
+    high = (1 << (loop_bits - low_bits)) - 1
+    if have:
+        while (base >> loop_bits) < (new_base >> loop_bits):
+            out[n] = kind | high
+            out[n + 1] = kind
+            n += 2
+            base = ((base >> loop_bits) + 1) << loop_bits
+    out[n] = kind | ((new_base >> low_bits) & high)
+    return n + 1
+
+
+@njit(cache=True, nogil=True)
 def _evt3_encode(events, state, out):  # pragma: no cover (compiled)
     """state: [0] have time high, [1] current base, [2] current t, [3] have y, [4] y."""
     n = 0
@@ -492,15 +508,7 @@ def _evt3_encode(events, state, out):  # pragma: no cover (compiled)
         t = events[i].t
         new_base = t - (t & 0xFFF)
         if not have or new_base != base:
-            if have:
-                # Cross each 24-bit loop boundary explicitly so the decoder counts it.
-                while (base >> 24) < (new_base >> 24):
-                    out[n] = 0x8FFF
-                    out[n + 1] = 0x8000
-                    n += 2
-                    base = ((base >> 24) + 1) << 24
-            out[n] = 0x8000 | ((new_base >> 12) & 0xFFF)
-            n += 1
+            n = _time_high(out, n, have, base, new_base, 0x8000, 12, 24)
             base = new_base
             have = 1
             # Always follow TIME_HIGH with TIME_LOW, as sensors do (some decoders keep the
@@ -538,14 +546,7 @@ def _evt2_encode(events, state, out):  # pragma: no cover (compiled)
         t = events[i].t
         new_base = t - (t & 0x3F)
         if not have or new_base != base:
-            if have:
-                while (base >> 34) < (new_base >> 34):
-                    out[n] = 0x8FFFFFFF
-                    out[n + 1] = 0x80000000
-                    n += 2
-                    base = ((base >> 34) + 1) << 34
-            out[n] = 0x80000000 | ((new_base >> 6) & 0x0FFFFFFF)
-            n += 1
+            n = _time_high(out, n, have, base, new_base, 0x80000000, 6, 34)
             base = new_base
             have = 1
         out[n] = (
