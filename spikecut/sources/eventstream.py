@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit
 
 from spikecut.errors import CorruptFileError, TruncatedFileError, UnknownFormatError
-from spikecut.sources.reader import EventReader
+from spikecut.sources.reader import EventReader, keep_track, noted, tracked
 from spikecut.sources.writer import EventWriter
 
 MAGIC = b"Event Stream"
@@ -31,10 +31,7 @@ _DONE, _FULL, _PARTIAL = 0, 1, 2
 
 @njit(cache=True, nogil=True)
 def _es_dvs_kernel(buf, pos, state, height, out, track):  # pragma: no cover (compiled)
-    t_hi = track[0]
-    mx = track[1]
-    my = track[2]
-    disorder = track[3]
+    running = tracked(track)
     t = state[0]
     n = 0
     cap = out.size
@@ -64,17 +61,11 @@ def _es_dvs_kernel(buf, pos, state, height, out, track):  # pragma: no cover (co
         out[n].x = x
         out[n].y = y
         out[n].p = b & 1
-        disorder |= t < t_hi  # branch-free: this runs per event
-        t_hi = max(t_hi, t)
-        mx = max(mx, x)
-        my = max(my, y)
+        running = noted(running, t, x, y)
         n += 1
         pos += 5
     state[0] = t
-    track[0] = t_hi
-    track[1] = mx
-    track[2] = my
-    track[3] = disorder
+    keep_track(track, running)
     return pos, n, status
 
 

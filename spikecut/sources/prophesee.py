@@ -66,7 +66,10 @@ from spikecut.sources.reader import (
     concat_chunks,
     header_lines,
     is_header_text,
+    keep_track,
     new_track,
+    noted,
+    tracked,
 )
 from spikecut.sources.writer import EventWriter
 
@@ -109,10 +112,7 @@ PROPHESEE_JITTER_US = 1000
 def _evt2_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
     """Indices are unsigned: Numba then leaves out negative-index wraparound, whose extra
     registers made LLVM spill the loop's state to the stack (a third of the time)."""
-    t_hi = track[0]
-    mx = track[1]
-    my = track[2]
-    disorder = track[3]
+    running = tracked(track)
     base = state[0]
     have_base = state[1]
     loops = state[2]
@@ -126,53 +126,47 @@ def _evt2_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
         if kind == 0x8 or (kind > 1 and kind != 0xA and kind != 0xE and kind != 0xF):
             break  # TIME_HIGH, or an undefined word: for the loop below
         i += _ONE
-    while i < size:
-        w = np.int64(words[i])
-        kind = w >> 28
-        if kind <= 1:
-            if n >= cap:
-                status = _FULL
-                break
-            t = base + ((w >> 22) & 0x3F)
-            x = (w >> 11) & 0x7FF
-            y = w & 0x7FF
-            out[n].t = t
-            out[n].x = x
-            out[n].y = y
-            out[n].p = kind
-            n += _ONE
-            disorder |= t < t_hi  # branch-free: this runs per event
-            t_hi = max(t_hi, t)
-            mx = max(mx, x)
-            my = max(my, y)
-        elif kind == 0x8:
-            new_base = ((w & 0x0FFFFFFF) << 6) + loops * _EVT2_LOOP
-            if have_base and base > new_base and base - new_base >= _EVT2_LOOP_DROP:
-                new_base += _EVT2_LOOP
-                loops += 1
-            base = new_base
-            have_base = 1
-        elif kind != 0xA and kind != 0xE and kind != 0xF:
-            status = _BAD
+    while i < size and status == _DONE:
+        if n == cap:
+            status = _FULL
             break
-        i += _ONE
+        # A word makes at most one event: up to `stop` the output cannot fill up.
+        stop = min(size, i + (cap - n))
+        while i < stop:
+            w = np.int64(words[i])
+            kind = w >> 28
+            if kind <= 1:
+                t = base + ((w >> 22) & 0x3F)
+                x = (w >> 11) & 0x7FF
+                y = w & 0x7FF
+                out[n].t = t
+                out[n].x = x
+                out[n].y = y
+                out[n].p = kind
+                n += _ONE
+                running = noted(running, t, x, y)
+            elif kind == 0x8:
+                new_base = ((w & 0x0FFFFFFF) << 6) + loops * _EVT2_LOOP
+                if have_base and base > new_base and base - new_base >= _EVT2_LOOP_DROP:
+                    new_base += _EVT2_LOOP
+                    loops += 1
+                base = new_base
+                have_base = 1
+            elif kind != 0xA and kind != 0xE and kind != 0xF:
+                status = _BAD
+                break
+            i += _ONE
     state[0] = base
     state[1] = have_base
     state[2] = loops
-    track[0] = t_hi
-    track[1] = mx
-    track[2] = my
-    track[3] = disorder
+    keep_track(track, running)
     return np.int64(i), np.int64(n), status
 
 
 @njit(cache=True, nogil=True)
 def _evt3_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
     """Unsigned indices, as in `_evt2_kernel`."""
-    t_hi = track[0]
-    mx = track[1]
-    my = track[2]
-    disorder = track[3]
+    running = tracked(track)
     base = state[0]
     t = state[1]
     have_base = state[2]
@@ -205,10 +199,7 @@ def _evt3_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
                 out[n].y = y
                 out[n].p = (w >> 11) & 1
                 n += _ONE
-                disorder |= t < t_hi  # branch-free: this runs per event
-                t_hi = max(t_hi, t)
-                mx = max(mx, x)
-                my = max(my, y)
+                running = noted(running, t, x, y)
         elif kind == 0x4 or kind == 0x5:
             width = 12 if kind == 0x4 else 8
             if not is_em:
@@ -225,10 +216,7 @@ def _evt3_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
                             out[n].p = polarity
                             n += _ONE
                             x = x_base + bit  # the largest x of the vector, in the end
-                    disorder |= t < t_hi  # branch-free: this runs per event
-                    t_hi = max(t_hi, t)
-                    mx = max(mx, x)
-                    my = max(my, y)
+                    running = noted(running, t, x, y)
             x_base += width
         elif kind == 0x0:
             y = w & 0x7FF
@@ -261,10 +249,7 @@ def _evt3_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
     state[5] = x_base
     state[6] = polarity
     state[7] = is_em
-    track[0] = t_hi
-    track[1] = mx
-    track[2] = my
-    track[3] = disorder
+    keep_track(track, running)
     return np.int64(i), np.int64(n), status
 
 

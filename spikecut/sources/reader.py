@@ -184,6 +184,24 @@ def new_track() -> np.ndarray:
     return np.array([_INT64_MIN, -1, -1, 0], dtype=np.int64)
 
 
+@njit(cache=True, inline="always")
+def tracked(track):  # pragma: no cover (compiled)
+    """A kernel's running (latest t, largest x, largest y, disorder) from `track`."""
+    return track[0], track[1], track[2], track[3]
+
+
+@njit(cache=True, inline="always")
+def noted(running, t, x, y):  # pragma: no cover (compiled)
+    """`running` with one more emitted event; branch-free, as it runs per event."""
+    t_hi, max_x, max_y, disorder = running
+    return max(t_hi, t), max(max_x, x), max(max_y, y), disorder | (t < t_hi)
+
+
+@njit(cache=True, inline="always")
+def keep_track(track, running):  # pragma: no cover (compiled)
+    track[0], track[1], track[2], track[3] = running
+
+
 class EventValidator:
     """Checks a stream chunk by chunk against the sensor size and the arrow of time.
 
