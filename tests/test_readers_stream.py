@@ -259,6 +259,8 @@ def test_binary_starting_with_a_percent_byte_is_data_not_header(tmp_path, header
     path.write_bytes(header + words)
     events, info = read_events(path, format="evt3", sensor_size=None if header else (64, 32))
     assert events.tolist() == expected and (info.width, info.height) == (64, 32)
+    path.write_bytes(header + words[:8])  # no 0x0A at all: still data, not a cut header line
+    assert read_events(path, format="evt3", sensor_size=(64, 32))[0].tolist() == expected[:1]
 
 
 def test_validator_rules_for_a_stream_that_must_go_on():

@@ -26,6 +26,8 @@ sensor size from that same pass instead of a pre-scan.
 
 from __future__ import annotations
 
+import bisect
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,8 @@ DEFAULT_CHUNK_EVENTS = 1 << 16
 BLOCK_BYTES = 1 << 18
 #: Longest header we accept before calling a file corrupt (jAER headers reach ~175 KB).
 MAX_HEADER_BYTES = 16 << 20
+#: How much of a file `header_lines` reads at first (more, doubling, while lines go on).
+_HEADER_PIECE = 1 << 16
 
 _INT64_MIN = np.iinfo(np.int64).min
 #: `reset_us` of a validator that knows no clock resets.
@@ -566,6 +570,8 @@ class EventReader:
         Every block is a read-only uint8 view of one buffer that the next block overwrites
         (no new object per block): copy what must outlive the iteration step."""
         block = max(record_bytes, BLOCK_BYTES - BLOCK_BYTES % record_bytes)
+        left = self.file_size - start  # a small file needs no full-size buffer
+        block = min(block, max(record_bytes, left + record_bytes - left % record_bytes))
         buffer = np.empty(block, dtype=np.uint8)
         self._file.seek(start)
         offset = start
@@ -669,8 +675,9 @@ class _Chunks:
         return concat_chunks(self.chunks)
 
 
-#: Bytes no header line holds: control characters other than tab and CR (LF ends the line).
+#: Bytes no header line holds: control characters other than tab and CR (LF ends a line).
 _CONTROL = bytes(b for b in range(0x20) if b not in b"\t\n\r") + b"\x7f"
+_CONTROL_BYTE = re.compile(b"[" + b"".join(b"\\x%02x" % b for b in _CONTROL) + b"]")
 
 
 def is_header_text(line: bytes) -> bool:
@@ -689,33 +696,55 @@ def header_lines(
 
     Stops before the first line that does not start with `prefix` or is not text (see
     `is_header_text`), or after a line equal to `end`. Returns the decoded lines (without line
-    endings) and the byte offset where data starts.
+    endings) and the byte offset where data starts (where the file is left).
+
+    The file is read in pieces, not a line at a time, and the text rule is checked once over
+    all the lines: jAER headers run to thousands of lines.
     """
     file.seek(0)
+    data = file.read(_HEADER_PIECE)
+    eof = len(data) < _HEADER_PIECE
     lines: list[str] = []
+    starts: list[int] = []  # where each line starts, and an unfinished last one
     offset = 0
+    error: EventFileError | None = None
     while True:
-        if file.read(len(prefix)) != prefix:
+        newline = data.find(b"\n", offset)
+        if newline < 0 and not eof and len(data) - offset <= MAX_HEADER_BYTES:
+            piece = file.read(max(len(data), _HEADER_PIECE))
+            eof = not piece
+            data += piece
+            continue
+        if not data.startswith(prefix, offset):
             break
-        file.seek(offset)
-        line = file.readline(MAX_HEADER_BYTES)
-        if not is_header_text(line):
-            break
-        if not line.endswith(b"\n"):
-            if len(line) >= MAX_HEADER_BYTES:
-                raise CorruptFileError(
+        starts.append(offset)
+        if newline < 0:
+            error = (
+                CorruptFileError(
                     f"header line longer than {MAX_HEADER_BYTES} bytes", path=path, offset=offset
                 )
-            raise TruncatedFileError("file ends inside a header line", path=path, offset=offset)
-        offset += len(line)
+                if len(data) - offset > MAX_HEADER_BYTES
+                else TruncatedFileError("file ends inside a header line", path=path, offset=offset)
+            )
+            break
+        text = data[offset:newline].rstrip(b"\r")
+        offset = newline + 1
+        lines.append(text.decode("latin-1"))
         if offset > MAX_HEADER_BYTES:
-            raise CorruptFileError(
+            error = CorruptFileError(
                 f"header longer than {MAX_HEADER_BYTES} bytes", path=path, offset=offset
             )
-        text = line.rstrip(b"\r\n").decode("latin-1")
-        lines.append(text)
-        if end is not None and line.rstrip(b"\r\n") == end:
             break
+        if text == end:
+            break
+    taken = data[: len(data) if error is not None else offset]
+    if not is_header_text(taken):
+        # Binary data from the line holding the first control byte on.
+        first = _CONTROL_BYTE.search(taken).start()
+        k = bisect.bisect_right(starts, first) - 1
+        lines, offset, error = lines[:k], starts[k], None
+    if error is not None:
+        raise error
     file.seek(offset)
     return lines, offset
 
