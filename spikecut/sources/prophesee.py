@@ -465,17 +465,17 @@ class Evt3Decoder(_WordDecoder):
 
 
 @njit(cache=True, nogil=True)
-def _time_high(out, n, have, base, new_base, kind, low_bits, loop_bits):  # pragma: no cover
+def _time_high(out, n, base, new_base, kind, low_bits, loop_bits):  # pragma: no cover
     """Write the TIME_HIGH word of `new_base` at out[n] (its type bits in `kind`, the time above
     `low_bits` below them), after crossing each loop boundary (every 2**loop_bits µs) from
-    `base` explicitly, so that a decoder counts it; return the next free index."""
+    `base` (0 before the first word) explicitly, so that a decoder counts it; return the next
+    free index."""
     high = (1 << (loop_bits - low_bits)) - 1
-    if have:
-        while (base >> loop_bits) < (new_base >> loop_bits):
-            out[n] = kind | high
-            out[n + 1] = kind
-            n += 2
-            base = ((base >> loop_bits) + 1) << loop_bits
+    while (base >> loop_bits) < (new_base >> loop_bits):
+        out[n] = kind | high
+        out[n + 1] = kind
+        n += 2
+        base = ((base >> loop_bits) + 1) << loop_bits
     out[n] = kind | ((new_base >> low_bits) & high)
     return n + 1
 
@@ -493,7 +493,7 @@ def _evt3_encode(events, state, out):  # pragma: no cover (compiled)
         t = events[i].t
         new_base = t - (t & 0xFFF)
         if not have or new_base != base:
-            n = _time_high(out, n, have, base, new_base, 0x8000, 12, 24)
+            n = _time_high(out, n, base, new_base, 0x8000, 12, 24)
             base = new_base
             have = 1
             # Always follow TIME_HIGH with TIME_LOW, as sensors do (some decoders keep the
@@ -531,7 +531,7 @@ def _evt2_encode(events, state, out):  # pragma: no cover (compiled)
         t = events[i].t
         new_base = t - (t & 0x3F)
         if not have or new_base != base:
-            n = _time_high(out, n, have, base, new_base, 0x80000000, 6, 34)
+            n = _time_high(out, n, base, new_base, 0x80000000, 6, 34)
             base = new_base
             have = 1
         out[n] = (
@@ -559,9 +559,8 @@ class _WordEncoder:
         """Words for time-ordered `events` (coordinates below 2048), continuing the stream."""
         if events.size == 0:
             return b""
-        t_first = int(events["t"][0])
         t_last = int(events["t"][-1])
-        previous = self._t_last if self._state[0] else t_first
+        previous = self._t_last if self._state[0] else 0  # loops are crossed from 0 at first
         loops = (t_last >> self.loop_bits) - (previous >> self.loop_bits) + 1
         out = np.empty(events.size * self.words_per_event + 2 * loops + 4, dtype=self.word_dtype)
         n = self._encode(np.ascontiguousarray(events), self._state, out)
