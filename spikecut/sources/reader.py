@@ -42,7 +42,7 @@ from spikecut.sources.events import EVENT_DTYPE, StreamInfo, empty_events
 #: Default upper bound on the number of events in one chunk.
 DEFAULT_CHUNK_EVENTS = 1 << 16
 #: How many bytes a reader reads from its file at a time.
-BLOCK_BYTES = 1 << 18
+BLOCK_BYTES = 1 << 20
 #: Longest header we accept before calling a file corrupt (jAER headers reach ~175 KB).
 MAX_HEADER_BYTES = 16 << 20
 #: How much of a file `header_lines` reads at first (more, doubling, while lines go on).
