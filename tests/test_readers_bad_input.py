@@ -25,6 +25,7 @@ from spikecut.sources import (
     read_events,
     write_events,
 )
+from spikecut.sources.events import to_tonic
 
 # Real files and a byte count to cut off their end (mid-record).
 TRUNCATIONS = [
@@ -182,6 +183,30 @@ def test_backwards_timestamps_in_an_array_file(tmp_path):
     with open_reader(path, lenient=True) as reader:
         assert reader.read_all()["t"].tolist() == [5, 9, 12]
         assert reader.stats.dropped_backwards == 1
+
+
+@pytest.mark.parametrize("layout", ["ours", "tonic"])
+def test_array_file_cut_inside_a_row_or_holding_bad_values(tmp_path, layout):
+    """Rows already in EVENT_DTYPE are read straight into the chunks, other layouts converted:
+    both report a cut row and a bad value the same way."""
+    events = make_events(np.arange(100), np.arange(100) % 7, np.arange(100) % 5, np.arange(100) % 2)
+    rows = events if layout == "ours" else to_tonic(events)
+    path = tmp_path / "c.npy"
+    np.save(path, rows)
+    size = rows.dtype.itemsize
+    data = path.read_bytes()
+    start = len(data) - 100 * size
+    path.write_bytes(data[: start + 41 * size + size // 2])  # row 41 is cut
+    with pytest.raises(TruncatedFileError, match=rf"c\.npy.*byte offset {start + 41 * size}"):
+        read_events(path)
+    with open_reader(path, lenient=True, chunk_events=16) as reader:
+        np.testing.assert_array_equal(reader.read_all(), events[:41])
+        assert "41 of 100 rows present" in str(reader.stats.error)
+    rows = rows.copy()
+    rows["p"][57] = 2
+    np.save(path, rows)
+    with pytest.raises(EventDataError, match=r"c\.npy: .*event index 57 .*2"):
+        read_events(path)
 
 
 def test_array_files_with_wrong_content(tmp_path):

@@ -9,6 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from spikecut.errors import EventDataError
 from spikecut.sources import (
     StreamInfo,
     detect_format,
@@ -147,6 +148,41 @@ def test_atis_bin_overflow_marker_and_size_rule(tmp_path):
     path.write_bytes(b"")
     events, info = read_events(path)
     assert events.size == 0 and (info.width, info.height) == (34, 34)
+
+
+def _dat(tmp_path, records, name="d.dat"):
+    header = b"% Data file containing CD events.\n% Version 2\n% Width 8\n% Height 8\n"
+    words = [(t, x | (y << 14) | (p << 28)) for t, x, y, p in records]
+    path = tmp_path / name
+    path.write_bytes(header + bytes([0, 8]) + struct.pack(f"<{2 * len(words)}I", *sum(words, ())))
+    return path
+
+
+@pytest.mark.parametrize("chunk_events", [16, 1 << 16])
+def test_dat_wraps_jitter_and_backwards_at_any_chunk_position(tmp_path, chunk_events):
+    """The DAT kernel notes time order per step (wrap, jitter, step back); a chunk boundary
+    (every 16 events with chunk_events=16) must not hide a step back from the validator."""
+    ramp = [(1000 + i, i % 8, 1, 1) for i in range(15)]
+    wrap = [(0xFFFFFF00, 2, 3, 0), (0x10, 4, 5, 1)]  # index 16: the 32-bit clock wrapped
+    jitter = [(0x30, 1, 1, 1), (0x30 - 7, 1, 2, 0)]  # 7 µs back: clamped (Prophesee jitter)
+    with open_reader(_dat(tmp_path, ramp + wrap + jitter), chunk_events=chunk_events) as reader:
+        events = np.concatenate(list(reader))
+        assert reader.stats.clamped_backwards == 1
+    wrapped = [2**32 + 0x10, 2**32 + 0x30, 2**32 + 0x30]
+    assert events["t"].tolist() == [*range(1000, 1015), 0xFFFFFF00, *wrapped]
+    # Index 15, the last of a 16-event chunk, is 1014 µs back; index 16 steps forward from it
+    # but is still 1004 µs behind what was delivered.
+    back = [*ramp, (0, 0, 0, 0), (10, 0, 0, 0), (2000, 0, 0, 1)]
+    path = _dat(tmp_path, back, "b.dat")
+    with (
+        open_reader(path, chunk_events=chunk_events) as reader,
+        pytest.raises(EventDataError, match=r"b\.dat: timestamps go backwards at event index 15"),
+    ):
+        list(reader)
+    with open_reader(path, chunk_events=chunk_events, lenient=True) as reader:
+        kept = np.concatenate(list(reader))
+        assert reader.stats.dropped_backwards == 2
+    assert kept["t"].tolist() == [*range(1000, 1015), 2000]
 
 
 def test_sensor_size_override(real_data):

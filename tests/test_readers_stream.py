@@ -19,7 +19,7 @@ from spikecut.sources.prophesee import (
     Evt3Encoder,
     parse_raw_header,
 )
-from spikecut.sources.reader import header_lines
+from spikecut.sources.reader import EventValidator, header_lines
 
 
 def _payload(path) -> bytes:
@@ -112,6 +112,15 @@ def test_evt3_words_before_the_first_time_high_are_skipped():
     assert events.tolist() == [((1 << 12) + 3, 9, 0, 1)]  # y unset before the base: 0
 
 
+def test_evt2_words_before_the_first_time_high_are_skipped():
+    cd_on, cd_off = 1 << 28, 0  # CD_ON / CD_OFF words: t low bits 0, x 0, y 0
+    others, time_high = 0xE << 28, (0x8 << 28) | 2  # OTHERS, TIME_HIGH 2 (t = 128)
+    data = struct.pack("<6I", cd_on, others, cd_off, time_high, cd_on | (5 << 22) | (3 << 11), 0)
+    assert Evt2Decoder().decode(data).tolist() == [(128 + 5, 3, 0, 1), (128, 0, 0, 0)]
+    with pytest.raises(CorruptFileError, match="undefined EVT 2.0 word 0x50000000"):
+        Evt2Decoder().decode(struct.pack("<2I", cd_on, 0x5 << 28))  # before any TIME_HIGH
+
+
 def test_evt3_vectors_and_exposure_rows():
     data = _words3(
         0x8000,  # TIME_HIGH 0
@@ -147,6 +156,8 @@ def test_time_high_loops_are_unrolled(encoder, decoder, loop_bits):
     events = make_events(t, [1, 2, 3, 4, 5], [0, 1, 2, 3, 4], [0, 1, 0, 1, 1])
     data = encoder().encode(events)
     np.testing.assert_array_equal(decoder().decode(data), events)
+    # A stream that starts loops after 0 (found by the writers' round trip): crossed from 0.
+    np.testing.assert_array_equal(decoder().decode(encoder().encode(events[3:])), events[3:])
 
 
 def test_encoder_continues_across_calls_like_one_stream():
@@ -236,3 +247,41 @@ def test_raw_header_edge_cases():
     assert parse_raw_header(b"\x00\x80").length == 0  # no header at all
     header = parse_raw_header(b"% evt 2.0\r\n% geometry 640x480\r\n\x00")
     assert header.sensor_size == (640, 480) and header.lines[1] == "% geometry 640x480"
+
+
+@pytest.mark.parametrize("header", [b"", b"% evt 3.0\n% geometry 64x32\n"], ids=["none", "no-end"])
+def test_binary_starting_with_a_percent_byte_is_data_not_header(tmp_path, header):
+    """TIME_HIGH 0x025 is the bytes 25 80: a '%' that begins no header line. The binary 'line'
+    up to the next 0x0A (the ADDR_X 10 word, 0A 20) holds control bytes: it is data."""
+    words = _words3(0x8025, 0x0003, 0x2005, 0x6001, 0x200A)
+    t = 0x25 << 12
+    expected = [(t, 5, 3, 0), (t + 1, 10, 3, 0)]
+    assert parse_raw_header(header + words + b"\x00").length == len(header)
+    path = tmp_path / "h.raw"
+    path.write_bytes(header + words)
+    events, info = read_events(path, format="evt3", sensor_size=None if header else (64, 32))
+    assert events.tolist() == expected and (info.width, info.height) == (64, 32)
+    path.write_bytes(header + words[:8])  # no 0x0A at all: still data, not a cut header line
+    assert read_events(path, format="evt3", sensor_size=(64, 32))[0].tolist() == expected[:1]
+
+
+def test_validator_rules_for_a_stream_that_must_go_on():
+    """What live sources ask of the readers' validator: drop what is outside the sensor, clamp
+    jitter, drop (or refuse) further steps back, and take a step back beyond `clock_reset_us`,
+    or any step back after a reconnect, as a restarted clock that the stream continues from."""
+    validator = EventValidator(
+        8, 8, jitter_us=10, drop_outside=True, drop_backwards=True, clock_reset_us=1000
+    )
+    # 105 is outside (x=9); 95 is jitter; 50 is too far back; 10 is a clock reset (1990 back).
+    t = [100, 105, 95, 50, 2000, 10, 20]
+    chunk = make_events(t, [1, 9, 1, 1, 1, 1, 1], [2] * 7, [1] * 7)
+    assert validator(chunk)["t"].tolist() == [100, 100, 2000, 2000, 2010]
+    validator.rebase_after(500)
+    assert validator(make_events([5, 6], [0, 0], [0, 0], [0, 0]))["t"].tolist() == [2510, 2511]
+    stats = validator.stats
+    assert (stats.dropped_out_of_sensor, stats.clamped_backwards) == (1, 1)
+    assert (stats.dropped_backwards, stats.clock_rebases, stats.events) == (1, 2, 7)
+    strict = EventValidator(8, 8, drop_outside=True, clock_reset_us=1000, source="cam")
+    with pytest.raises(EventDataError, match=r"cam: .* at event index 2 \(100 us -> 50 us\)"):
+        strict(make_events([100, 7, 50], [1, 1, 1], [1, 9, 1], [0, 0, 0]))
+    assert strict.stats.dropped_out_of_sensor == 1

@@ -4,7 +4,9 @@ give the same events, and print throughput and ratios measured in the same run.
     python tools/bench_readers.py [--json] [--repeat N] [--copies N]
 
 References: expelliarmus (EVT 2.0, EVT 3.0, DAT), aedat (AEDAT 4.0), tonic.io (N-MNIST .bin;
-its raw AEDAT 2.0 word parser, plus the documented address formulas in numpy).
+its raw AEDAT 2.0 word parser, plus the documented address formulas in numpy), `np.load` (.npy
+files holding the tiled DAT's events, as our writer stores them and in tonic's layout: numpy
+reads the file in one go and checks nothing, which is as fast as reading it can be).
 
 Small files are tiled into bigger ones first so timings mean something: Prophesee payloads are
 repeated with their TIME_HIGH words (or DAT timestamps) shifted so time keeps increasing; the
@@ -33,7 +35,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from spikecut.sources import read_events  # noqa: E402
+from spikecut.sources import read_events, write_events  # noqa: E402
+from spikecut.sources.events import to_tonic  # noqa: E402
 from spikecut.sources.reader import header_lines  # noqa: E402
 
 REAL = REPO.parent / "shared" / "data" / "real"
@@ -181,6 +184,13 @@ def main() -> int:
         args.data / "prophesee_dat/ncars_obj_004397_td.dat", tmp / "ncars.dat", 50 * args.copies
     )
 
+    # Arrays: what our writer stores (EVENT_DTYPE rows) and tonic's layout (x, y, t, p int64),
+    # against numpy loading the same file with no checks at all.
+    dat_events, dat_info = read_events(tmp / "ncars.dat")
+    write_events(tmp / "ours.npy", dat_events, dat_info)
+    np.save(tmp / "tonic.npy", to_tonic(dat_events))
+    del dat_events
+
     # name, file, reference name, reference, compared fields, target ratio (ours/ref speed)
     real, expel = args.data, expelliarmus_reader
     cases = [
@@ -196,6 +206,8 @@ def main() -> int:
         ("ATIS .bin N-MNIST", real / "atis_bin/nmnist_tonic_sample.bin", "tonic.io",
          tonic_mnist_reader, "txyp", None),
         ("ES N-CARS", real / "es/ncars_obj_004397_loris.es", None, None, "", None),
+        (".npy EVENT_DTYPE", tmp / "ours.npy", "np.load", np.load, "txyp", None),
+        (".npy tonic layout", tmp / "tonic.npy", "np.load", np.load, "txyp", None),
     ]  # fmt: skip
 
     rows = []

@@ -1,6 +1,9 @@
 """Array containers: `.npy`, `.npz` and HDF5 (`events/{t,x,y,p}`): readers and writers.
 
-All three are read in row blocks (bounded memory), never loaded whole.
+All three are read in row blocks (bounded memory), never loaded whole. Rows already in
+`EVENT_DTYPE` (what our writers store) are read straight into the output chunks, with no
+conversion: the validator's one pass over them is the only work besides the read. Other layouts
+(tonic's x, y, t, p as int64, other widths and names) are converted column by column.
 
 - `.npy`: a 1-D structured array with fields t, x, y and p (aliases: `ts`/`timestamp` for t,
   `on`/`polarity` for p), any integer widths. It carries no sensor size: 1 + the largest
@@ -21,7 +24,7 @@ import struct
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,6 +34,7 @@ from spikecut.errors import (
     CorruptFileError,
     EventDataError,
     SourceUnavailableError,
+    SpikecutError,
     TruncatedFileError,
 )
 from spikecut.sources.events import EVENT_DTYPE, TIME_ORIGINS, make_events
@@ -39,6 +43,9 @@ from spikecut.sources.writer import EventWriter
 
 _ALIASES = {"t": ("t", "ts", "timestamp"), "x": ("x",), "y": ("y",), "p": ("p", "on", "polarity")}
 _NPY_MAGIC = b"\x93NUMPY"
+#: Rows that read_all reads straight into its array per call (3.4 MB of EVENT_DTYPE): few
+#: enough calls for their Python cost to vanish, small enough to be validated from cache.
+_READ_ALL_BLOCK_ROWS = 1 << 18
 
 
 def _field_names(names: tuple[str, ...]) -> dict[str, str] | None:
@@ -77,6 +84,16 @@ def _parse_npy_header(file: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]
     raise ValueError(f"npy format version {version} is not supported")
 
 
+def _declared_size(values: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(width, height) from `width` and `height` values, else from tonic's `sensor_size`."""
+    if "width" in values and "height" in values:
+        return int(values["width"]), int(values["height"])
+    if "sensor_size" in values and np.size(values["sensor_size"]) >= 2:
+        size = np.ravel(values["sensor_size"])
+        return int(size[0]), int(size[1])
+    return None
+
+
 def _convert(columns: dict[str, np.ndarray], source: str, first: int) -> np.ndarray:
     """Columns (any integer types) -> EVENT_DTYPE, naming the file and row on bad values."""
     for name, col in columns.items():
@@ -85,7 +102,7 @@ def _convert(columns: dict[str, np.ndarray], source: str, first: int) -> np.ndar
                 f"{source}: column {name!r} holds {col.dtype}, not integers (rows from {first})"
             )
     try:
-        return make_events(columns["t"], columns["x"], columns["y"], columns["p"].astype(np.int64))
+        return make_events(columns["t"], columns["x"], columns["y"], columns["p"])
     except EventDataError as exc:
         raise EventDataError(f"{source}: in the block of rows from index {first}: {exc}") from None
 
@@ -122,6 +139,24 @@ class _RowStream:
             raise _ShortRead(array, self.read_rows, self.count)
         return array
 
+    def read_into(self, out: np.ndarray) -> np.ndarray:
+        """The next rows, as many as fit in `out` (of this stream's dtype), read straight into
+        it: no intermediate buffer, no conversion."""
+        want = min(out.size, self.count - self.read_rows)
+        size = self.dtype.itemsize
+        target = out[:want].view(np.uint8)
+        done = 0
+        while done < target.size:  # a zip member's readinto may stop short of what is asked
+            got = self.file.readinto(target[done:])
+            if not got:
+                break
+            done += got
+        rows = done // size
+        self.read_rows += rows
+        if rows < want:
+            raise _ShortRead(out[:rows], self.read_rows, self.count)
+        return out[:rows]
+
 
 class _ShortRead(Exception):
     def __init__(self, rows: np.ndarray, read: int, expected: int) -> None:
@@ -130,14 +165,22 @@ class _ShortRead(Exception):
 
 
 class _ArrayReader(EventReader):
-    """Shared block loop: `_next_block(rows)` returns column dicts until exhausted."""
+    """Shared block loops: structured rows (`_structured`) and columns (`_iter_columns`).
+
+    Rows already in EVENT_DTYPE (what our writers store) are read straight into the output
+    chunk and checked by the validator in the same pass that everything else gets; only other
+    layouts are converted column by column.
+    """
 
     time_origin = "sensor"
-    decodes_in_place = False  # rows are converted, not decoded into place
     _stored_origin: str | None = None
+    _count: int | None = None
 
     def _time_origin(self) -> str:
         return self._stored_origin if self._stored_origin in TIME_ORIGINS else self.time_origin
+
+    def _capacity_hint(self) -> int:
+        return max(self._count, 1) if self._count is not None else super()._capacity_hint()
 
     def _iter_columns(self) -> Iterator[dict[str, np.ndarray]]:
         raise NotImplementedError
@@ -149,6 +192,35 @@ class _ArrayReader(EventReader):
             first += events.size
             if events.size:
                 yield events
+
+    def _structured(
+        self,
+        stream: _RowStream,
+        names: dict[str, str],
+        truncated: Callable[[_ShortRead, _RowStream], Exception],
+    ) -> Iterator[np.ndarray]:
+        """EVENT_DTYPE chunks of a stream of structured rows, then `truncated(...)` raised if
+        the stream ends early (after the whole rows before the cut)."""
+        native = stream.dtype == EVENT_DTYPE
+        # read_all offers its whole array: fill it a block at a time all the same, so that the
+        # validator finds each block still in cache.
+        block_rows = max(self.chunk_events, _READ_ALL_BLOCK_ROWS)
+        while stream.read_rows < stream.count:
+            first = stream.read_rows
+            try:
+                if native:
+                    rows = stream.read_into(self._new_chunk()[:block_rows])
+                else:
+                    rows = stream.read(self.chunk_events)
+            except _ShortRead as short:
+                rows = short.rows
+                if rows.size:
+                    yield rows if native else self._convert_rows(rows, names, first)
+                raise truncated(short, stream) from None
+            yield rows if native else self._convert_rows(rows, names, first)
+
+    def _convert_rows(self, rows: np.ndarray, names: dict[str, str], first: int) -> np.ndarray:
+        return _convert({k: rows[v] for k, v in names.items()}, str(self.path), first)
 
 
 class NpyReader(_ArrayReader):
@@ -176,10 +248,10 @@ class NpyReader(_ArrayReader):
             )
         self._names = _field_names(dtype.names)
 
-    def _iter_columns(self) -> Iterator[dict[str, np.ndarray]]:
+    def _decode(self) -> Iterator[np.ndarray]:
         self._file.seek(self._data_offset)
         stream = _RowStream(self._file, "the array", known=(self._count, self._dtype))
-        yield from _structured_blocks(stream, self._names, self.chunk_events, self._truncated)
+        yield from self._structured(stream, self._names, self._truncated)
 
     def _truncated(self, short: _ShortRead, stream: _RowStream) -> Exception:
         return self._error(
@@ -188,22 +260,6 @@ class NpyReader(_ArrayReader):
             offset=self._data_offset + stream.read_rows * stream.dtype.itemsize,
             index=stream.read_rows,
         )
-
-
-def _structured_blocks(
-    stream: _RowStream,
-    names: dict[str, str],
-    rows: int,
-    truncated: Callable[[_ShortRead, _RowStream], Exception],
-) -> Iterator[dict[str, np.ndarray]]:
-    while stream.read_rows < stream.count:
-        try:
-            block = stream.read(rows)
-        except _ShortRead as short:
-            if short.rows.size:
-                yield {k: short.rows[v] for k, v in names.items()}
-            raise truncated(short, stream) from None
-        yield {k: block[v] for k, v in names.items()}
 
 
 class NpzReader(_ArrayReader):
@@ -224,6 +280,7 @@ class NpzReader(_ArrayReader):
             if "events" in members:
                 with self._member("events") as stream:
                     dtype = stream.dtype
+                    self._count = stream.count
                 names = _field_names(dtype.names or ())
                 if names is None:
                     raise ValueError(
@@ -252,12 +309,7 @@ class NpzReader(_ArrayReader):
         ) as exc:
             raise self._error(CorruptFileError, str(exc)) from exc
         self._stored_origin = str(scalars.get("time_origin")) if "time_origin" in scalars else None
-        if "width" in scalars and "height" in scalars:
-            return int(scalars["width"]), int(scalars["height"])
-        if "sensor_size" in scalars and np.size(scalars["sensor_size"]) >= 2:
-            size = np.ravel(scalars["sensor_size"])
-            return int(size[0]), int(size[1])
-        return None
+        return _declared_size(scalars)
 
     def _member(self, name: str) -> _MemberStream:
         return _MemberStream(self._zip.open(self._members[name]), f"member {name!r}")
@@ -276,17 +328,20 @@ class NpzReader(_ArrayReader):
             data = member.read(dtype.itemsize)
             return np.frombuffer(data, dtype=dtype, count=1)[0].item()
 
-    def _iter_columns(self) -> Iterator[dict[str, np.ndarray]]:
+    def _decode(self) -> Iterator[np.ndarray]:
         try:
             if self._columns is None:
                 with self._member("events") as stream:
-                    yield from _structured_blocks(
-                        stream, self._names, self.chunk_events, self._truncated
-                    )
+                    yield from self._structured(stream, self._names, self._truncated)
             else:
-                yield from self._column_blocks()
+                yield from super()._decode()
+        except SpikecutError:
+            raise
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
             raise self._error(CorruptFileError, f"damaged archive member: {exc}") from exc
+
+    def _iter_columns(self) -> Iterator[dict[str, np.ndarray]]:
+        return self._column_blocks()
 
     def _column_blocks(self) -> Iterator[dict[str, np.ndarray]]:
         streams = {k: self._member(v) for k, v in self._columns.items()}
@@ -375,12 +430,7 @@ class Hdf5Reader(_ArrayReader):
             raise self._error(CorruptFileError, str(exc)) from exc
         origin = attrs.get("time_origin")
         self._stored_origin = origin.decode() if isinstance(origin, bytes) else origin
-        if "width" in attrs and "height" in attrs:
-            return int(attrs["width"]), int(attrs["height"])
-        if "sensor_size" in attrs and np.size(attrs["sensor_size"]) >= 2:
-            size = np.ravel(attrs["sensor_size"])
-            return int(size[0]), int(size[1])
-        return None
+        return _declared_size(attrs)
 
     def _iter_columns(self) -> Iterator[dict[str, np.ndarray]]:
         step = self.chunk_events

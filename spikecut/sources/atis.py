@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit
 
 from spikecut.errors import EventDataError, TruncatedFileError
-from spikecut.sources.reader import EventReader
+from spikecut.sources.reader import EventReader, keep_track, noted, tracked
 from spikecut.sources.writer import EventWriter
 
 ATIS_SENSORS = ((34, 34), (240, 180))
@@ -32,10 +32,7 @@ _DONE, _FULL = 0, 1
 @njit(cache=True, nogil=True)
 def _atis_kernel(buf, pos, n_records, state, out, track):  # pragma: no cover (compiled)
     """state[0]: µs added by the overflow markers seen so far."""
-    t_hi = track[0]
-    mx = track[1]
-    my = track[2]
-    disorder = track[3]
+    running = tracked(track)
     n = 0
     cap = out.size
     status = _DONE
@@ -57,16 +54,10 @@ def _atis_kernel(buf, pos, n_records, state, out, track):  # pragma: no cover (c
         out[n].x = x
         out[n].y = y
         out[n].p = b2 >> 7
-        disorder |= t < t_hi  # branch-free: this runs per event
-        t_hi = max(t_hi, t)
-        mx = max(mx, x)
-        my = max(my, y)
+        running = noted(running, t, x, y)
         n += 1
     state[0] = added
-    track[0] = t_hi
-    track[1] = mx
-    track[2] = my
-    track[3] = disorder
+    keep_track(track, running)
     return pos, n, status
 
 
@@ -91,18 +82,17 @@ class AtisBinReader(EventReader):
     def _decode(self) -> Iterator[np.ndarray]:
         state = np.zeros(1, dtype=np.int64)
         for offset, block in self._blocks(0, 5):
-            buf = np.frombuffer(block, dtype=np.uint8)
-            n_records = len(block) // 5
+            n_records = block.size // 5
             pos = 0
             while pos < n_records:
                 out = self._new_chunk()
-                pos, n, _ = _atis_kernel(buf, pos, n_records, state, out, self._track)
+                pos, n, _ = _atis_kernel(block, pos, n_records, state, out, self._track)
                 if n:
                     yield out[:n]
-            if len(block) % 5:
+            if block.size % 5:
                 raise self._error(
                     TruncatedFileError,
-                    f"file ends inside a 5-byte event ({len(block) % 5} byte(s) left over)",
+                    f"file ends inside a 5-byte event ({block.size % 5} byte(s) left over)",
                     offset=offset + 5 * n_records,
                 )
 

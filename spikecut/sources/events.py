@@ -71,14 +71,14 @@ def make_events(t: Any, x: Any, y: Any, p: Any) -> np.ndarray:
     lengths = {name: col.shape for name, col in columns.items()}
     if len(set(lengths.values())) != 1 or columns["t"].ndim != 1:
         raise EventDataError(f"event columns must be 1-D and of equal length, got shapes {lengths}")
-    events = empty_events(columns["t"].shape[0])
+    events = np.empty(columns["t"].shape[0], dtype=EVENT_DTYPE)
     for name, col in columns.items():
-        if col.size:
-            info = np.iinfo(EVENT_DTYPE[name])
+        target = EVENT_DTYPE[name]
+        if col.size and (name == "p" or not np.can_cast(col.dtype, target, "safe")):
+            info = np.iinfo(target)
             low, high = (0, 1) if name == "p" else (info.min, info.max)
-            bad = np.flatnonzero((col < low) | (col > high))
-            if bad.size:
-                i = int(bad[0])
+            if col.min() < low or col.max() > high:  # two quick passes; the index on failure
+                i = int(np.flatnonzero((col < low) | (col > high))[0])
                 raise EventDataError(
                     f"field {name!r} at event index {i} is {col[i].item()!r}, outside {low}..{high}"
                 )

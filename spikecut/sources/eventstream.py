@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit
 
 from spikecut.errors import CorruptFileError, TruncatedFileError, UnknownFormatError
-from spikecut.sources.reader import EventReader
+from spikecut.sources.reader import EventReader, keep_track, noted, tracked
 from spikecut.sources.writer import EventWriter
 
 MAGIC = b"Event Stream"
@@ -31,10 +31,7 @@ _DONE, _FULL, _PARTIAL = 0, 1, 2
 
 @njit(cache=True, nogil=True)
 def _es_dvs_kernel(buf, pos, state, height, out, track):  # pragma: no cover (compiled)
-    t_hi = track[0]
-    mx = track[1]
-    my = track[2]
-    disorder = track[3]
+    running = tracked(track)
     t = state[0]
     n = 0
     cap = out.size
@@ -64,17 +61,11 @@ def _es_dvs_kernel(buf, pos, state, height, out, track):  # pragma: no cover (co
         out[n].x = x
         out[n].y = y
         out[n].p = b & 1
-        disorder |= t < t_hi  # branch-free: this runs per event
-        t_hi = max(t_hi, t)
-        mx = max(mx, x)
-        my = max(my, y)
+        running = noted(running, t, x, y)
         n += 1
         pos += 5
     state[0] = t
-    track[0] = t_hi
-    track[1] = mx
-    track[2] = my
-    track[3] = disorder
+    keep_track(track, running)
     return pos, n, status
 
 
@@ -111,12 +102,12 @@ class EventStreamReader(EventReader):
     def _decode(self) -> Iterator[np.ndarray]:
         state = np.zeros(2, dtype=np.int64)
         height = self.info.height
-        leftover = b""
+        leftover = np.empty(0, dtype=np.uint8)
         leftover_offset = self._data_offset
         for offset, block in self._blocks(self._data_offset):
-            data = leftover + block if leftover else block
-            base = leftover_offset if leftover else offset
-            buf = np.frombuffer(data, dtype=np.uint8)
+            buf = np.concatenate((leftover, block)) if leftover.size else block
+            buf.flags.writeable = False  # one kernel signature for both cases
+            base = leftover_offset if leftover.size else offset
             pos = 0
             while True:
                 out = self._new_chunk()
@@ -125,12 +116,12 @@ class EventStreamReader(EventReader):
                     yield out[:n]
                 if status != _FULL:
                     break
-            leftover = data[pos:]
+            leftover = buf[pos:].copy()  # the block's buffer is reused
             leftover_offset = base + pos
-        if leftover:
+        if leftover.size:
             raise self._error(
                 TruncatedFileError,
-                f"file ends inside a 5-byte DVS event ({len(leftover)} byte(s) present)",
+                f"file ends inside a 5-byte DVS event ({leftover.size} byte(s) present)",
                 offset=leftover_offset,
             )
 

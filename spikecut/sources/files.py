@@ -98,6 +98,15 @@ WRITE_EXTENSIONS = {
 }
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+#: Magic bytes at the start of a file, and the format they announce.
+_MAGIC = (
+    (b"#!AER-DAT4", "aedat4"),
+    (b"#!AER-DAT3", "aedat3"),
+    ((b"#!AER-DAT2", b"#!AER-DAT1"), "aedat2"),
+    (b"Event Stream", "es"),
+    (b"\x93NUMPY", "npy"),
+    ((b"PK\x03\x04", b"PK\x05\x06"), "npz"),
+)
 
 
 def _load(spec: str) -> type:
@@ -136,18 +145,9 @@ def detect_format(path: str | Path) -> str:
         raise EventFileError("no such file", path=path) from exc
     except IsADirectoryError as exc:
         raise EventFileError("is a directory, not an event file", path=path) from exc
-    if head.startswith(b"#!AER-DAT4"):
-        return "aedat4"
-    if head.startswith(b"#!AER-DAT3"):
-        return "aedat3"
-    if head.startswith((b"#!AER-DAT2", b"#!AER-DAT1")):
-        return "aedat2"
-    if head.startswith(b"Event Stream"):
-        return "es"
-    if head.startswith(b"\x93NUMPY"):
-        return "npy"
-    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        return "npz"
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
     if any(head[o : o + 8] == _HDF5_SIGNATURE for o in (0, 512, 1024)):
         return "hdf5"
     suffix = path.suffix.lower()

@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit
 
 from spikecut.errors import CorruptFileError, TruncatedFileError
-from spikecut.sources.reader import EventReader, header_lines
+from spikecut.sources.reader import EventReader, header_lines, keep_track, noted, tracked
 from spikecut.sources.writer import EventWriter
 
 _DONE, _FULL = 0, 1
@@ -67,10 +67,7 @@ CAER_SOURCES = (
 @njit(cache=True, nogil=True)
 def _jaer_kernel(buf, pos, n_records, record_bytes, layout, width, height, state, out, track):
     """Decode records [pos, n_records) of a big-endian buffer; pos counts records."""
-    t_hi = track[0]
-    mx = track[1]
-    my = track[2]
-    disorder = track[3]
+    running = tracked(track)
     last = state[0]
     wraps = state[1]
     have = state[2]
@@ -125,28 +122,19 @@ def _jaer_kernel(buf, pos, n_records, record_bytes, layout, width, height, state
         out[n].x = x
         out[n].y = y
         out[n].p = p
-        disorder |= t < t_hi  # branch-free: this runs per event
-        t_hi = max(t_hi, t)
-        mx = max(mx, x)
-        my = max(my, y)
+        running = noted(running, t, x, y)
         n += 1
     state[0] = last
     state[1] = wraps
     state[2] = have
-    track[0] = t_hi
-    track[1] = mx
-    track[2] = my
-    track[3] = disorder
+    keep_track(track, running)
     return pos, n, status
 
 
 @njit(cache=True, nogil=True)
 def _caer_polarity_kernel(buf, pos, n_records, overflow, out, track):  # pragma: no cover
     """Decode little-endian 8-byte polarity events [pos, n_records); skip invalid ones."""
-    t_hi = track[0]
-    mx = track[1]
-    my = track[2]
-    disorder = track[3]
+    running = tracked(track)
     n = 0
     cap = out.size
     status = _DONE
@@ -178,15 +166,9 @@ def _caer_polarity_kernel(buf, pos, n_records, overflow, out, track):  # pragma:
         out[n].x = x
         out[n].y = y
         out[n].p = (data >> 1) & 1
-        disorder |= t < t_hi  # branch-free: this runs per event
-        t_hi = max(t_hi, t)
-        mx = max(mx, x)
-        my = max(my, y)
+        running = noted(running, t, x, y)
         n += 1
-    track[0] = t_hi
-    track[1] = mx
-    track[2] = my
-    track[3] = disorder
+    keep_track(track, running)
     return pos, n, status
 
 
@@ -237,21 +219,20 @@ class Aedat2Reader(EventReader):
         width, height = (info.width, info.height) if info else (0, 0)
         state = np.zeros(4, dtype=np.int64)
         for offset, block in self._blocks(self._data_offset, rec):
-            buf = np.frombuffer(block, dtype=np.uint8)
-            n_records = len(block) // rec
+            n_records = block.size // rec
             pos = 0
             while pos < n_records:
                 out = self._new_chunk()
                 pos, n, _ = _jaer_kernel(
-                    buf, pos, n_records, rec, self._layout, width, height, state, out, self._track
+                    block, pos, n_records, rec, self._layout, width, height, state, out, self._track
                 )
                 if n:
                     yield out[:n]
-            if len(block) % rec:
+            if block.size % rec:
                 raise self._error(
                     TruncatedFileError,
                     f"file ends inside a {rec}-byte AEDAT record "
-                    f"({len(block) % rec} byte(s) left over)",
+                    f"({block.size % rec} byte(s) left over)",
                     offset=offset + n_records * rec,
                 )
 

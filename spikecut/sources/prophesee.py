@@ -65,12 +65,18 @@ from spikecut.sources.reader import (
     as_binary,
     concat_chunks,
     header_lines,
+    is_header_text,
+    keep_track,
     new_track,
+    noted,
+    tracked,
 )
 from spikecut.sources.writer import EventWriter
 
 # Kernel return status.
 _DONE, _FULL, _BAD = 0, 1, 2
+#: Unsigned 1, to count with unsigned indices in kernels (uint64 + int64 is float64 in Numba).
+_ONE = np.uint64(1)
 
 # EVT 3.0 time-base loop constants (OpenEB).
 _EVT3_MAX_BASE = ((1 << 12) - 1) << 12
@@ -104,25 +110,32 @@ PROPHESEE_JITTER_US = 1000
 
 @njit(cache=True, nogil=True)
 def _evt2_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
-    t_hi = track[0]
-    mx = track[1]
-    my = track[2]
-    disorder = track[3]
+    """Indices are unsigned: Numba then leaves out negative-index wraparound, whose extra
+    registers made LLVM spill the loop's state to the stack (a third of the time)."""
+    running = tracked(track)
     base = state[0]
     have_base = state[1]
     loops = state[2]
-    n = 0
-    cap = out.size
-    size = words.size
+    i = np.uint64(pos)
+    n = np.uint64(0)
+    cap = np.uint64(out.size)
+    size = np.uint64(words.size)
     status = _DONE
-    while pos < size:
-        w = np.int64(words[pos])
-        kind = w >> 28
-        if kind <= 1:
-            if have_base:
-                if n >= cap:
-                    status = _FULL
-                    break
+    while not have_base and i < size:  # no time base yet: skip what precedes the first TIME_HIGH
+        kind = np.int64(words[i]) >> 28
+        if kind == 0x8 or (kind > 1 and kind != 0xA and kind != 0xE and kind != 0xF):
+            break  # TIME_HIGH, or an undefined word: for the loop below
+        i += _ONE
+    while i < size and status == _DONE:
+        if n == cap:
+            status = _FULL
+            break
+        # A word makes at most one event: up to `stop` the output cannot fill up.
+        stop = min(size, i + (cap - n))
+        while i < stop:
+            w = np.int64(words[i])
+            kind = w >> 28
+            if kind <= 1:
                 t = base + ((w >> 22) & 0x3F)
                 x = (w >> 11) & 0x7FF
                 y = w & 0x7FF
@@ -130,38 +143,30 @@ def _evt2_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
                 out[n].x = x
                 out[n].y = y
                 out[n].p = kind
-                n += 1
-                disorder |= t < t_hi  # branch-free: this runs per event
-                t_hi = max(t_hi, t)
-                mx = max(mx, x)
-                my = max(my, y)
-        elif kind == 0x8:
-            new_base = ((w & 0x0FFFFFFF) << 6) + loops * _EVT2_LOOP
-            if have_base and base > new_base and base - new_base >= _EVT2_LOOP_DROP:
-                new_base += _EVT2_LOOP
-                loops += 1
-            base = new_base
-            have_base = 1
-        elif kind != 0xA and kind != 0xE and kind != 0xF:
-            status = _BAD
-            break
-        pos += 1
+                n += _ONE
+                running = noted(running, t, x, y)
+            elif kind == 0x8:
+                new_base = ((w & 0x0FFFFFFF) << 6) + loops * _EVT2_LOOP
+                if have_base and base > new_base and base - new_base >= _EVT2_LOOP_DROP:
+                    new_base += _EVT2_LOOP
+                    loops += 1
+                base = new_base
+                have_base = 1
+            elif kind != 0xA and kind != 0xE and kind != 0xF:
+                status = _BAD
+                break
+            i += _ONE
     state[0] = base
     state[1] = have_base
     state[2] = loops
-    track[0] = t_hi
-    track[1] = mx
-    track[2] = my
-    track[3] = disorder
-    return pos, n, status
+    keep_track(track, running)
+    return np.int64(i), np.int64(n), status
 
 
 @njit(cache=True, nogil=True)
 def _evt3_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
-    t_hi = track[0]
-    mx = track[1]
-    my = track[2]
-    disorder = track[3]
+    """Unsigned indices, as in `_evt2_kernel`."""
+    running = tracked(track)
     base = state[0]
     t = state[1]
     have_base = state[2]
@@ -170,27 +175,20 @@ def _evt3_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
     x_base = state[5]
     polarity = state[6]
     is_em = state[7]
-    n = 0
-    cap = out.size
-    size = words.size
+    i = np.uint64(pos)
+    n = np.uint64(0)
+    cap = np.uint64(out.size)
+    size = np.uint64(words.size)
     status = _DONE
-    while pos < size:
-        w = np.int64(words[pos])
+    while not have_base and i < size:  # no time base yet: skip what precedes the first TIME_HIGH
+        kind = np.int64(words[i]) >> 12
+        if kind == 0x8 or kind == 0x9 or kind == 0xB or kind == 0xC or kind == 0xD:
+            break  # TIME_HIGH, or an undefined word: for the loop below
+        i += _ONE
+    while i < size:
+        w = np.int64(words[i])
         kind = w >> 12
-        if kind == 0x8:
-            new_base = ((w & 0xFFF) << 12) + loops * _EVT3_LOOP
-            if have_base and base > new_base and base - new_base >= _EVT3_LOOP_DROP:
-                new_base += _EVT3_LOOP
-                loops += 1
-            base = new_base
-            t = base
-            have_base = 1
-        elif kind == 0x9 or kind == 0xB or kind == 0xC or kind == 0xD:
-            status = _BAD
-            break
-        elif not have_base:
-            pass
-        elif kind == 0x2:
+        if kind == 0x2:
             if not is_em:
                 if n >= cap:
                     status = _FULL
@@ -200,44 +198,49 @@ def _evt3_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
                 out[n].x = x
                 out[n].y = y
                 out[n].p = (w >> 11) & 1
-                n += 1
-                disorder |= t < t_hi  # branch-free: this runs per event
-                t_hi = max(t_hi, t)
-                mx = max(mx, x)
-                my = max(my, y)
+                n += _ONE
+                running = noted(running, t, x, y)
         elif kind == 0x4 or kind == 0x5:
             width = 12 if kind == 0x4 else 8
             if not is_em:
-                if n + width > cap:
+                if n + np.uint64(width) > cap:
                     status = _FULL
                     break
                 mask = w & ((1 << width) - 1)
                 if mask:
-                    for i in range(width):
-                        if (mask >> i) & 1:
+                    for bit in range(width):
+                        if (mask >> bit) & 1:
                             out[n].t = t
-                            out[n].x = x_base + i
+                            out[n].x = x_base + bit
                             out[n].y = y
                             out[n].p = polarity
-                            n += 1
-                            x = x_base + i  # the largest x of the vector, in the end
-                    disorder |= t < t_hi  # branch-free: this runs per event
-                    t_hi = max(t_hi, t)
-                    mx = max(mx, x)
-                    my = max(my, y)
+                            n += _ONE
+                            x = x_base + bit  # the largest x of the vector, in the end
+                    running = noted(running, t, x, y)
             x_base += width
         elif kind == 0x0:
             y = w & 0x7FF
             is_em = 0
-        elif kind == 0x1:
-            is_em = 1
+        elif kind == 0x6:
+            t = base + (w & 0xFFF)
+        elif kind == 0x8:
+            new_base = ((w & 0xFFF) << 12) + loops * _EVT3_LOOP
+            if have_base and base > new_base and base - new_base >= _EVT3_LOOP_DROP:
+                new_base += _EVT3_LOOP
+                loops += 1
+            base = new_base
+            t = base
+            have_base = 1
         elif kind == 0x3:
             x_base = w & 0x7FF
             polarity = (w >> 11) & 1
-        elif kind == 0x6:
-            t = base + (w & 0xFFF)
+        elif kind == 0x1:
+            is_em = 1
+        elif kind == 0x9 or kind == 0xB or kind == 0xC or kind == 0xD:
+            status = _BAD
+            break
         # 0x7 CONTINUED_4, 0xA EXT_TRIGGER, 0xE OTHERS, 0xF CONTINUED_12: nothing for CD events.
-        pos += 1
+        i += _ONE
     state[0] = base
     state[1] = t
     state[2] = have_base
@@ -246,57 +249,60 @@ def _evt3_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
     state[5] = x_base
     state[6] = polarity
     state[7] = is_em
-    track[0] = t_hi
-    track[1] = mx
-    track[2] = my
-    track[3] = disorder
-    return pos, n, status
+    keep_track(track, running)
+    return np.int64(i), np.int64(n), status
 
 
 @njit(cache=True, nogil=True)
 def _dat_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
-    """`words` holds (t, data) uint32 pairs; pos counts records. 32-bit t wraps are unrolled."""
-    t_hi = track[0]
+    """`words` holds (t, data) uint32 pairs; pos counts records. 32-bit t wraps are unrolled.
+
+    Kept lean on registers (with one more live value LLVM spills a running maximum to the
+    stack, a store-to-load chain per event that costs a quarter of the time): time order is
+    noted by counting the steps back, wraps included, rather than with a running maximum."""
     mx = track[1]
     my = track[2]
-    disorder = track[3]
     last = state[0]
     wraps = state[1]
-    n = 0
-    size = words.size // 2
-    status = _DONE
-    stop = min(size, pos + out.size)
-    if stop < size:
-        status = _FULL
-    while pos < stop:
-        t_raw = np.int64(words[2 * pos])
-        data = np.int64(words[2 * pos + 1])
+    wraps_before = wraps
+    backs = 0
+    left = words.size // 2 - pos
+    count = min(left, out.size)
+    records = words[2 * pos : 2 * (pos + count)]
+    n = count
+    status = _FULL if count < left else _DONE
+    for i in range(count):
+        t_raw = np.int64(records[2 * i])
+        data = np.int64(records[2 * i + 1])
         p = data >> 28
         if p > 1:
+            n = i
             status = _BAD
             break
-        wraps += last - t_raw > (1 << 31)  # a drop of more than half the range: a wrap
+        step = last - t_raw
+        backs += step > 0
+        wraps += step > (1 << 31)  # a drop of more than half the range: a wrap
         last = t_raw
-        t = t_raw + (wraps << 32)
         x = data & 0x3FFF
         y = (data >> 14) & 0x3FFF
-        out[n].t = t
-        out[n].x = x
-        out[n].y = y
-        out[n].p = p
-        disorder |= t < t_hi  # branch-free: this runs per event
-        t_hi = max(t_hi, t)
+        out[i].t = t_raw + (wraps << 32)
+        out[i].x = x
+        out[i].y = y
+        out[i].p = p
         mx = max(mx, x)
         my = max(my, y)
-        n += 1
-        pos += 1
+    # A step back that was no wrap breaks the order; otherwise the chunk is in order, so only
+    # its first event can be behind what came before, and its last one is its latest.
+    disorder = track[3] | (backs > wraps - wraps_before)
+    if n:
+        disorder |= out[0].t < track[0]
+        track[0] = out[n - 1].t
     state[0] = last
     state[1] = wraps
-    track[0] = t_hi
     track[1] = mx
     track[2] = my
     track[3] = disorder
-    return pos, n, status
+    return pos + n, n, status
 
 
 # --- incremental decoders --------------------------------------------------------------------
@@ -459,6 +465,22 @@ class Evt3Decoder(_WordDecoder):
 
 
 @njit(cache=True, nogil=True)
+def _time_high(out, n, base, new_base, kind, low_bits, loop_bits):  # pragma: no cover
+    """Write the TIME_HIGH word of `new_base` at out[n] (its type bits in `kind`, the time above
+    `low_bits` below them), after crossing each loop boundary (every 2**loop_bits µs) from
+    `base` (0 before the first word) explicitly, so that a decoder counts it; return the next
+    free index."""
+    high = (1 << (loop_bits - low_bits)) - 1
+    while (base >> loop_bits) < (new_base >> loop_bits):
+        out[n] = kind | high
+        out[n + 1] = kind
+        n += 2
+        base = ((base >> loop_bits) + 1) << loop_bits
+    out[n] = kind | ((new_base >> low_bits) & high)
+    return n + 1
+
+
+@njit(cache=True, nogil=True)
 def _evt3_encode(events, state, out):  # pragma: no cover (compiled)
     """state: [0] have time high, [1] current base, [2] current t, [3] have y, [4] y."""
     n = 0
@@ -471,15 +493,7 @@ def _evt3_encode(events, state, out):  # pragma: no cover (compiled)
         t = events[i].t
         new_base = t - (t & 0xFFF)
         if not have or new_base != base:
-            if have:
-                # Cross each 24-bit loop boundary explicitly so the decoder counts it.
-                while (base >> 24) < (new_base >> 24):
-                    out[n] = 0x8FFF
-                    out[n + 1] = 0x8000
-                    n += 2
-                    base = ((base >> 24) + 1) << 24
-            out[n] = 0x8000 | ((new_base >> 12) & 0xFFF)
-            n += 1
+            n = _time_high(out, n, base, new_base, 0x8000, 12, 24)
             base = new_base
             have = 1
             # Always follow TIME_HIGH with TIME_LOW, as sensors do (some decoders keep the
@@ -517,14 +531,7 @@ def _evt2_encode(events, state, out):  # pragma: no cover (compiled)
         t = events[i].t
         new_base = t - (t & 0x3F)
         if not have or new_base != base:
-            if have:
-                while (base >> 34) < (new_base >> 34):
-                    out[n] = 0x8FFFFFFF
-                    out[n + 1] = 0x80000000
-                    n += 2
-                    base = ((base >> 34) + 1) << 34
-            out[n] = 0x80000000 | ((new_base >> 6) & 0x0FFFFFFF)
-            n += 1
+            n = _time_high(out, n, base, new_base, 0x80000000, 6, 34)
             base = new_base
             have = 1
         out[n] = (
@@ -552,9 +559,8 @@ class _WordEncoder:
         """Words for time-ordered `events` (coordinates below 2048), continuing the stream."""
         if events.size == 0:
             return b""
-        t_first = int(events["t"][0])
         t_last = int(events["t"][-1])
-        previous = self._t_last if self._state[0] else t_first
+        previous = self._t_last if self._state[0] else 0  # loops are crossed from 0 at first
         loops = (t_last >> self.loop_bits) - (previous >> self.loop_bits) + 1
         out = np.empty(events.size * self.words_per_event + 2 * loops + 4, dtype=self.word_dtype)
         n = self._encode(np.ascontiguousarray(events), self._state, out)
@@ -640,12 +646,14 @@ class RawHeader:
     sensor_size: tuple[int, int] | None
 
 
-def parse_raw_header(data: bytes) -> RawHeader | None:
+def parse_raw_header(data: bytes, *, max_line: int = MAX_HEADER_BYTES) -> RawHeader | None:
     """The header at the start of RAW bytes, or None while more bytes could still extend it.
 
-    The header is the leading lines that start with `%` (up to and including `% end` when
+    The header is the leading text lines that start with `%` (up to and including `% end` when
     present); without `% end` it is only known to be complete once the next byte has arrived.
-    Bytes that do not start with `%` have an empty header (length 0).
+    Bytes that do not start with `%`, or a `%` line that is not text (`is_header_text`: binary
+    data starting with 0x25), are not header. An unfinished line longer than `max_line` bytes
+    is a `CorruptFileError`.
     """
     lines: list[str] = []
     pos = 0
@@ -655,16 +663,17 @@ def parse_raw_header(data: bytes) -> RawHeader | None:
         if data[pos : pos + 1] != b"%":
             break
         end = data.find(b"\n", pos)
+        line = data[pos : len(data) if end < 0 else end]
+        if not is_header_text(line):
+            break
         if end < 0:
-            if len(data) - pos > MAX_HEADER_BYTES:
-                raise CorruptFileError(
-                    f"header line longer than {MAX_HEADER_BYTES} bytes", offset=pos
-                )
+            if len(line) > max_line:
+                raise CorruptFileError(f"header line longer than {max_line} bytes", offset=pos)
             return None
-        line = data[pos:end].rstrip(b"\r").decode("latin-1")
-        lines.append(line)
+        text = line.rstrip(b"\r").decode("latin-1")
+        lines.append(text)
         pos = end + 1
-        if line == "% end":
+        if text == "% end":
             break
     return RawHeader(
         lines=lines,
@@ -758,38 +767,31 @@ class DatReader(EventReader):
         state = np.zeros(4, dtype=np.int64)
         index = 0
         for offset, block in self._blocks(self._data_offset, 8):
-            n_records = len(block) // 8
-            if len(block) % 8:
+            n_records = block.size // 8
+            words = block[: 8 * n_records].view("<u4")
+            pos = 0
+            while pos < n_records:
+                out = self._new_chunk()
+                pos, n, status = _dat_kernel(words, pos, state, out, self._track)
+                if n:
+                    yield out[:n]
+                if status == _BAD:
+                    data = int(words[2 * pos + 1])
+                    raise self._error(
+                        CorruptFileError,
+                        f"DAT record has polarity field {data >> 28} (word 0x{data:08X}); "
+                        "CD events have 0 or 1",
+                        offset=offset + 8 * pos,
+                        index=index + pos,
+                    )
+            if block.size % 8:
                 # Only the last block can be partial: report where the cut record starts.
-                yield from self._decode_records(block, n_records, state, offset, index)
                 raise self._error(
                     TruncatedFileError,
-                    f"file ends inside an 8-byte DAT record ({len(block) % 8} byte(s) left over)",
+                    f"file ends inside an 8-byte DAT record ({block.size % 8} byte(s) left over)",
                     offset=offset + n_records * 8,
                 )
-            yield from self._decode_records(block, n_records, state, offset, index)
             index += n_records
-
-    def _decode_records(
-        self, block: bytes, n_records: int, state: np.ndarray, offset: int, index: int
-    ) -> Iterator[np.ndarray]:
-        words = np.frombuffer(block, dtype="<u4", count=2 * n_records)
-        pos = 0
-        while pos < n_records:
-            out = self._new_chunk()
-            new_pos, n, status = _dat_kernel(words, pos, state, out, self._track)
-            pos = new_pos
-            if n:
-                yield out[:n]
-            if status == _BAD:
-                data = int(words[2 * pos + 1])
-                raise self._error(
-                    CorruptFileError,
-                    f"DAT record has polarity field {data >> 28} (word 0x{data:08X}); "
-                    "CD events have 0 or 1",
-                    offset=offset + 8 * pos,
-                    index=index + pos,
-                )
 
 
 # --- writers ---------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ sensor size from that same pass instead of a pre-scan.
 
 from __future__ import annotations
 
+import bisect
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +45,12 @@ DEFAULT_CHUNK_EVENTS = 1 << 16
 BLOCK_BYTES = 1 << 20
 #: Longest header we accept before calling a file corrupt (jAER headers reach ~175 KB).
 MAX_HEADER_BYTES = 16 << 20
+#: How much of a file `header_lines` reads at first (more, doubling, while lines go on).
+_HEADER_PIECE = 1 << 16
 
 _INT64_MIN = np.iinfo(np.int64).min
+#: `reset_us` of a validator that knows no clock resets.
+_NO_RESET = np.iinfo(np.int64).max
 #: Smallest output space handed to a kernel (an EVT 3.0 vector word expands to 12 events).
 _MIN_TAKE = 64
 
@@ -61,6 +67,7 @@ class ReadStats:
     dropped_out_of_sensor: int = 0
     dropped_backwards: int = 0
     clamped_backwards: int = 0
+    clock_rebases: int = 0
     error: EventFileError | None = None
 
     @property
@@ -68,61 +75,111 @@ class ReadStats:
         return self.dropped_out_of_sensor + self.dropped_backwards
 
 
+#: Events per block of `_validate`'s read-only scan.
+_SCAN_BLOCK = 4096
+
+
 @njit(cache=True, nogil=True)
-def _validate(events, width, height, t_last, jitter_us, lenient, counters):  # pragma: no cover
+def _scan(events, t_last, max_x, max_y):  # pragma: no cover (compiled)
+    """Branch-free look at a block: (whether something is wrong in it except coordinates,
+    latest t, largest x, largest y). No early exit, so the loop runs at memory speed."""
+    wrong = 0
+    p_bits = 0
+    for i in range(events.size):
+        t = events[i].t
+        wrong |= t < t_last
+        t_last = t
+        max_x = max(max_x, events[i].x)
+        max_y = max(max_y, events[i].y)
+        p_bits |= events[i].p
+    return wrong | (p_bits > 1), t_last, max_x, max_y
+
+
+# Slots of the validator's counters array (shared with the kernel).
+_OUTSIDE_DROPS, _BACK_DROPS, _CLAMPS, _MAX_X, _MAX_Y, _REBASES, _OFFSET, _GAP = range(8)
+#: `_GAP` when no reconnect is pending.
+_NO_GAP = -1
+
+
+@njit(cache=True, nogil=True)
+def _validate(
+    events, width, height, t_last, jitter_us, reset_us, drop, counters
+):  # pragma: no cover (compiled)
     """Compact `events` in place; return (kept, t_last, error kind, error index).
 
-    counters: dropped outside, dropped backwards, clamped, largest x kept, largest y kept.
-    A read-only scan first: valid chunks (the usual case) are not rewritten."""
+    `drop`: bit 0 drops events outside the sensor, bit 1 events too far back (else errors).
+    A step back of more than `reset_us` (a restarted clock) shifts this and every later event
+    by `counters[_OFFSET]`, so that the stream goes on from where it was; after a reconnect
+    (`counters[_GAP]` >= 0) any step back does so, plus the gap.
+
+    A read-only scan first, block by block: valid chunks (the usual case) are not rewritten,
+    and the first block with something wrong in it is gone through event by event."""
     size = events.size
-    start = size
-    max_x = counters[3]
-    max_y = counters[4]
-    for i in range(size):
-        t = events[i].t
-        x = events[i].x
-        y = events[i].y
-        if x >= width or y >= height or events[i].p > 1 or t < t_last:
-            start = i
+    start = 0
+    offset = counters[_OFFSET]
+    gap = counters[_GAP]
+    while start < size and offset == 0 and gap == _NO_GAP:
+        stop = min(start + _SCAN_BLOCK, size)
+        wrong, t_block, max_x, max_y = _scan(
+            events[start:stop], t_last, counters[_MAX_X], counters[_MAX_Y]
+        )
+        if wrong or max_x >= width or max_y >= height:
             break
-        t_last = t
-        max_x = max(max_x, x)
-        max_y = max(max_y, y)
-    counters[3] = max_x
-    counters[4] = max_y
+        t_last = t_block
+        counters[_MAX_X] = max_x
+        counters[_MAX_Y] = max_y
+        start = stop
     if start == size:
         return size, t_last, _OK, -1
     n = start
+    kind = _OK
+    bad = -1
     for i in range(start, size):
         x = events[i].x
         y = events[i].y
         p = events[i].p
-        t = events[i].t
         if x >= width or y >= height:
-            if not lenient:
-                return n, t_last, _OUTSIDE, i
-            counters[0] += 1
+            if not drop & 1:
+                kind, bad = _OUTSIDE, i
+                break
+            counters[_OUTSIDE_DROPS] += 1
             continue
         if p > 1:
-            return n, t_last, _POLARITY, i
+            kind, bad = _POLARITY, i
+            break
+        t = events[i].t + offset
+        if gap != _NO_GAP:  # the first event after a reconnect
+            if t < t_last:
+                offset += t_last + gap - t
+                t = t_last + gap
+                counters[_REBASES] += 1
+            gap = _NO_GAP
         if t < t_last:
-            if t_last - t <= jitter_us:
+            behind = t_last - t
+            if behind > reset_us:
+                offset += behind
                 t = t_last
-                counters[2] += 1
-            elif not lenient:
-                return n, t_last, _BACKWARDS, i
-            else:
-                counters[1] += 1
+                counters[_REBASES] += 1
+            elif behind <= jitter_us:
+                t = t_last
+                counters[_CLAMPS] += 1
+            elif drop & 2:
+                counters[_BACK_DROPS] += 1
                 continue
+            else:
+                kind, bad = _BACKWARDS, i
+                break
         t_last = t
         events[n].t = t
         events[n].x = x
         events[n].y = y
         events[n].p = p
-        counters[3] = max(counters[3], x)
-        counters[4] = max(counters[4], y)
+        counters[_MAX_X] = max(counters[_MAX_X], x)
+        counters[_MAX_Y] = max(counters[_MAX_Y], y)
         n += 1
-    return n, t_last, _OK, -1
+    counters[_OFFSET] = offset
+    counters[_GAP] = gap
+    return n, t_last, kind, bad
 
 
 def new_track() -> np.ndarray:
@@ -131,11 +188,41 @@ def new_track() -> np.ndarray:
     return np.array([_INT64_MIN, -1, -1, 0], dtype=np.int64)
 
 
+@njit(cache=True, inline="always")
+def tracked(track):  # pragma: no cover (compiled)
+    """A kernel's running (latest t, largest x, largest y, disorder) from `track`."""
+    return track[0], track[1], track[2], track[3]
+
+
+@njit(cache=True, inline="always")
+def noted(running, t, x, y):  # pragma: no cover (compiled)
+    """`running` with one more emitted event; branch-free, as it runs per event."""
+    t_hi, max_x, max_y, disorder = running
+    return max(t_hi, t), max(max_x, x), max(max_y, y), disorder | (t < t_hi)
+
+
+@njit(cache=True, inline="always")
+def keep_track(track, running):  # pragma: no cover (compiled)
+    track[0], track[1], track[2], track[3] = running
+
+
 class EventValidator:
     """Checks a stream chunk by chunk against the sensor size and the arrow of time.
 
-    Call it on each decoded chunk in order; it returns the chunk (compacted in place when lenient
-    drops events, so pass arrays you own). Live sources use it the same way readers do.
+    Call it on each decoded chunk in order; it returns the chunk (compacted, or retimed, in place:
+    pass arrays you own). File readers and live sources use it alike:
+
+    - An event outside the sensor is an `EventDataError`, or with `drop_outside` dropped and
+      counted (`stats.dropped_out_of_sensor`). A polarity other than 0/1 is always an error.
+    - An event at most `jitter_us` behind the latest one moves forward to it
+      (`stats.clamped_backwards`); further back it is an error, or with `drop_backwards`
+      dropped and counted (`stats.dropped_backwards`).
+    - With `clock_reset_us`, a step back of more than that is the device's clock restarting:
+      it and every later event are shifted so that the stream goes on from where it was
+      (`stats.clock_rebases`). `rebase_after(gap_us)` announces a reconnect: if the next event
+      steps back at all, the stream goes on `gap_us` after where it was.
+
+    `lenient` is the default of both drop options.
     """
 
     def __init__(
@@ -146,15 +233,21 @@ class EventValidator:
         lenient: bool = False,
         jitter_us: int = 0,
         source: str = "events",
+        drop_outside: bool | None = None,
+        drop_backwards: bool | None = None,
+        clock_reset_us: int | None = None,
     ) -> None:
         self.width = int(width)
         self.height = int(height)
         self.lenient = lenient
+        self.drop_outside = lenient if drop_outside is None else drop_outside
+        self.drop_backwards = lenient if drop_backwards is None else drop_backwards
         self.jitter_us = int(jitter_us)
+        self.clock_reset_us = clock_reset_us
         self.source = source
         self.stats = ReadStats()
         self._t_last = _INT64_MIN
-        self._counters = np.array([0, 0, 0, -1, -1], dtype=np.int64)
+        self._counters = np.array([0, 0, 0, -1, -1, 0, 0, _NO_GAP], dtype=np.int64)
         #: Kept up to date by decoding kernels while they write a chunk (see `accept`).
         self.track = new_track()
 
@@ -165,9 +258,14 @@ class EventValidator:
     @property
     def maxima(self) -> tuple[int, int] | None:
         """Largest x and y among the events kept so far (None before any)."""
-        if self._counters[3] < 0:
+        if self._counters[_MAX_X] < 0:
             return None
-        return int(self._counters[3]), int(self._counters[4])
+        return int(self._counters[_MAX_X]), int(self._counters[_MAX_Y])
+
+    def rebase_after(self, gap_us: int) -> None:
+        """The stream reconnected after `gap_us`: a next event behind the latest one continues
+        the stream `gap_us` after it (the peer's clock restarted with the connection)."""
+        self._counters[_GAP] = max(int(gap_us), 0)
 
     def accept(self, events: np.ndarray) -> np.ndarray:
         """Validate a chunk whose decoding kernel noted its events in `self.track`.
@@ -176,24 +274,27 @@ class EventValidator:
         chunk is valid without a second look at its events (the usual case, and a memory pass
         saved); otherwise it is checked event by event like `__call__`."""
         track = self.track
+        counters = self._counters
         n = events.size
         if (
             track[3] == 0
             and track[1] < self.width
             and track[2] < self.height
+            and counters[_OFFSET] == 0
+            and counters[_GAP] == _NO_GAP
             and (n == 0 or events[n - 1]["t"] == track[0])
         ):
             self.stats.decoded += n
             self.stats.events += n
             if n:
                 self._t_last = int(track[0])
-                self._counters[3] = track[1]
-                self._counters[4] = track[2]
+                counters[_MAX_X] = track[1]
+                counters[_MAX_Y] = track[2]
             return events
         try:
             return self(events)
         finally:
-            track[:] = (self._t_last, self._counters[3], self._counters[4], 0)
+            track[:] = (self._t_last, counters[_MAX_X], counters[_MAX_Y], 0)
 
     def __call__(self, events: np.ndarray) -> np.ndarray:
         if events.dtype != EVENT_DTYPE:
@@ -202,21 +303,23 @@ class EventValidator:
         self.stats.decoded += events.size
         if events.size == 0:
             return events
-        t_before = self._t_last
+        counters = self._counters
         kept, t_last, kind, i = _validate(
             events,
             self.width,
             self.height,
             self._t_last,
             self.jitter_us,
-            self.lenient,
-            self._counters,
+            _NO_RESET if self.clock_reset_us is None else self.clock_reset_us,
+            self.drop_outside | self.drop_backwards << 1,
+            counters,
         )
         self._t_last = t_last
         stats = self.stats
-        stats.dropped_out_of_sensor = int(self._counters[0])
-        stats.dropped_backwards = int(self._counters[1])
-        stats.clamped_backwards = int(self._counters[2])
+        stats.dropped_out_of_sensor = int(counters[_OUTSIDE_DROPS])
+        stats.dropped_backwards = int(counters[_BACK_DROPS])
+        stats.clamped_backwards = int(counters[_CLAMPS])
+        stats.clock_rebases = int(counters[_REBASES])
         stats.events += kept
         if kind == _OK:
             return events[:kept]
@@ -232,10 +335,14 @@ class EventValidator:
             raise EventDataError(
                 f"{self.source}: event index {index} has polarity {e['p']}, not 0/1"
             )
-        previous = t_last if kept else t_before
         raise EventDataError(
+            self._backwards_message(index, int(t_last), int(e["t"]) + int(counters[_OFFSET]))
+        )
+
+    def _backwards_message(self, index: int, previous: int, t: int) -> str:
+        return (
             f"{self.source}: timestamps go backwards at event index {index} ({previous} us -> "
-            f"{e['t']} us); pass lenient=True to drop events that step back in time"
+            f"{t} us); pass lenient=True to drop events that step back in time"
         )
 
 
@@ -456,18 +563,26 @@ class EventReader:
             )
         return data
 
-    def _blocks(self, start: int, record_bytes: int = 1) -> Iterator[tuple[int, bytes]]:
+    def _blocks(self, start: int, record_bytes: int = 1) -> Iterator[tuple[int, np.ndarray]]:
         """(offset, bytes) blocks from `start` to the end of the file, each a whole number of
-        `record_bytes` except possibly the last one (the caller reports a partial record)."""
+        `record_bytes` except possibly the last one (the caller reports a partial record).
+
+        Every block is a read-only uint8 view of one buffer that the next block overwrites
+        (no new object per block): copy what must outlive the iteration step."""
         block = max(record_bytes, BLOCK_BYTES - BLOCK_BYTES % record_bytes)
+        left = self.file_size - start  # a small file needs no full-size buffer
+        block = min(block, max(record_bytes, left + record_bytes - left % record_bytes))
+        buffer = np.empty(block, dtype=np.uint8)
         self._file.seek(start)
         offset = start
         while True:
-            data = self._file.read(block)
-            if not data:
+            size = self._file.readinto(buffer)
+            if not size:
                 return
+            data = buffer[:size]
+            data.flags.writeable = False
             yield offset, data
-            offset += len(data)
+            offset += size
 
     def _new_chunk(self, size: int | None = None) -> np.ndarray:
         """Output space for the next decoded chunk (inside the whole-file array in read_all)."""
@@ -510,11 +625,13 @@ class _Arena:
         self.size = 0
 
     def take(self, n: int) -> np.ndarray:
-        """Space for up to n events; less when the array is nearly full (kernels stop and ask
-        again when their output is full), so a good size guess never grows the array."""
+        """All the space the array has left (chunk sizes do not matter here, and bigger ones
+        mean fewer calls), growing it by at least n events when less than a little is left:
+        kernels stop and ask again when their output is full, so a good size guess never
+        grows the array."""
         if self.buf.size - self.size < min(n, _MIN_TAKE):
             self._reserve(n)
-        return self.buf[self.size : self.size + n]
+        return self.buf[self.size :]
 
     def _reserve(self, n: int) -> None:
         if self.size + n > self.buf.size:
@@ -558,37 +675,76 @@ class _Chunks:
         return concat_chunks(self.chunks)
 
 
+#: Bytes no header line holds: control characters other than tab and CR (LF ends a line).
+_CONTROL = bytes(b for b in range(0x20) if b not in b"\t\n\r") + b"\x7f"
+_CONTROL_BYTE = re.compile(b"[" + b"".join(b"\\x%02x" % b for b in _CONTROL) + b"]")
+
+
+def is_header_text(line: bytes) -> bool:
+    """Whether a line that starts with a header's prefix byte is header text, not binary data.
+
+    Binary data that happens to start with the prefix byte (one headerless Prophesee stream in
+    256 starts with 0x25, `%`) holds control bytes before its next 0x0A; header lines, in
+    whatever 8-bit encoding, hold none but tab and CR."""
+    return len(line.translate(None, _CONTROL)) == len(line)
+
+
 def header_lines(
     file: BinaryIO, prefix: bytes, *, end: bytes | None = None, path: Path | None = None
 ) -> tuple[list[str], int]:
-    """Read the ASCII header lines that start with `prefix` (LF or CRLF endings).
+    """Read the text header lines that start with `prefix` (LF or CRLF endings).
 
-    Stops before the first line that does not start with `prefix`, or after a line equal to `end`.
-    Returns the decoded lines (without line endings) and the byte offset where data starts.
+    Stops before the first line that does not start with `prefix` or is not text (see
+    `is_header_text`), or after a line equal to `end`. Returns the decoded lines (without line
+    endings) and the byte offset where data starts (where the file is left).
+
+    The file is read in pieces, not a line at a time, and the text rule is checked once over
+    all the lines: jAER headers run to thousands of lines.
     """
     file.seek(0)
+    data = file.read(_HEADER_PIECE)
+    eof = len(data) < _HEADER_PIECE
     lines: list[str] = []
+    starts: list[int] = []  # where each line starts, and an unfinished last one
     offset = 0
+    error: EventFileError | None = None
     while True:
-        if file.read(len(prefix)) != prefix:
+        newline = data.find(b"\n", offset)
+        if newline < 0 and not eof and len(data) - offset <= MAX_HEADER_BYTES:
+            piece = file.read(max(len(data), _HEADER_PIECE))
+            eof = not piece
+            data += piece
+            continue
+        if not data.startswith(prefix, offset):
             break
-        file.seek(offset)
-        line = file.readline(MAX_HEADER_BYTES)
-        if not line.endswith(b"\n"):
-            if len(line) >= MAX_HEADER_BYTES:
-                raise CorruptFileError(
+        starts.append(offset)
+        if newline < 0:
+            error = (
+                CorruptFileError(
                     f"header line longer than {MAX_HEADER_BYTES} bytes", path=path, offset=offset
                 )
-            raise TruncatedFileError("file ends inside a header line", path=path, offset=offset)
-        offset += len(line)
+                if len(data) - offset > MAX_HEADER_BYTES
+                else TruncatedFileError("file ends inside a header line", path=path, offset=offset)
+            )
+            break
+        text = data[offset:newline].rstrip(b"\r")
+        offset = newline + 1
+        lines.append(text.decode("latin-1"))
         if offset > MAX_HEADER_BYTES:
-            raise CorruptFileError(
+            error = CorruptFileError(
                 f"header longer than {MAX_HEADER_BYTES} bytes", path=path, offset=offset
             )
-        text = line.rstrip(b"\r\n").decode("latin-1")
-        lines.append(text)
-        if end is not None and line.rstrip(b"\r\n") == end:
             break
+        if text == end:
+            break
+    taken = data[: len(data) if error is not None else offset]
+    if not is_header_text(taken):
+        # Binary data from the line holding the first control byte on.
+        first = _CONTROL_BYTE.search(taken).start()
+        k = bisect.bisect_right(starts, first) - 1
+        lines, offset, error = lines[:k], starts[k], None
+    if error is not None:
+        raise error
     file.seek(offset)
     return lines, offset
 
@@ -626,4 +782,5 @@ __all__ = [
     "as_binary",
     "concat_chunks",
     "header_lines",
+    "is_header_text",
 ]

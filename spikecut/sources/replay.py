@@ -208,26 +208,8 @@ async def _decoded(reader: EventReader) -> AsyncIterator[np.ndarray]:
         chunks.close()
 
 
-def open_source(
-    path_or_reader: str | Path | EventReader,
-    *,
-    speed: float | None = None,
-    loop: bool = False,
-    chunk_events: int = DEFAULT_CHUNK_EVENTS,
-    lenient: bool = False,
-    sensor_size: tuple[int, int] | None = None,
-    format: str | None = None,
-) -> FileSource:
-    """Replay a file (or an open reader) as an async `EventSource`; see the module docstring."""
-    return FileSource(
-        path_or_reader,
-        speed=speed,
-        loop=loop,
-        chunk_events=chunk_events,
-        lenient=lenient,
-        sensor_size=sensor_size,
-        format=format,
-    )
+#: Replay a file (or an open reader) as an async `EventSource`; see the module docstring.
+open_source = FileSource
 
 
 __all__ = ["FileSource", "open_source"]

@@ -4,10 +4,12 @@ A live source is a producer task (one connection at a time, reconnecting when th
 feeding a bounded queue, and a consumer side (`__anext__`) that makes the events safe for the
 rest of the pipeline before handing them out:
 
+The events pass the file readers' own `EventValidator` (one place for these rules), set up for a
+stream that must go on:
+
 - Events outside the announced sensor are dropped and counted (`dropped_out_of_bounds`); the
   Numba kernels downstream do not bounds-check, so none may get through.
-- Time never goes backwards. How far an event steps back decides what happens to it, with the
-  same rule as the file readers:
+- Time never goes backwards. How far an event steps back decides what happens to it:
   - at most `jitter_us` (sensor jitter: Prophesee sensors emit events a few µs out of order):
     moved forward to the time already delivered, counted in `clamped_backwards`;
   - further, up to `clock_reset_us`: dropped and counted in `dropped_backwards` (the default
@@ -34,8 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from spikecut.errors import ConfigError, EventDataError, SourceUnavailableError
-from spikecut.sources.events import StreamInfo, out_of_bounds
+from spikecut.errors import ConfigError, SourceUnavailableError
+from spikecut.sources.events import StreamInfo
+from spikecut.sources.reader import EventValidator
 
 BACKWARDS_POLICIES = ("drop", "error")
 
@@ -178,9 +181,7 @@ class LiveSource:
         self._queue: asyncio.Queue[Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._done = False
-        self._last_t: int | None = None
-        self._offset_us = 0
-        self._pending_gap_us: int | None = None
+        self._validator: EventValidator | None = None
 
     # --- the EventSource protocol ---------------------------------------------------------
 
@@ -227,7 +228,7 @@ class LiveSource:
                     raise item.error
                 break
             if isinstance(item, _Reconnected):
-                self._pending_gap_us = item.gap_us
+                self._checked().rebase_after(item.gap_us)
                 continue
             events = self._clean(item)
             if events.size:
@@ -387,79 +388,41 @@ class LiveSource:
             return
         await self._queue.put(_End())
 
-    # --- event hygiene --------------------------------------------------------------------
+    # --- event hygiene ---------------------------------------------------------------------
+
+    def _checked(self) -> EventValidator:
+        if self._validator is None:
+            info = self.info
+            self._validator = _StreamValidator(
+                info.width,
+                info.height,
+                jitter_us=self.jitter_us,
+                source=self.name,
+                drop_outside=True,
+                drop_backwards=self.backwards == "drop",
+                clock_reset_us=self.clock_reset_us,
+            )
+        return self._validator
 
     def _clean(self, events: np.ndarray) -> np.ndarray:
-        info = self.info
-        outside = out_of_bounds(events, info.width, info.height)
-        n_outside = int(np.count_nonzero(outside))
-        if n_outside:
-            self.stats.dropped_out_of_bounds += n_outside
-            events = events[~outside]
-        if not events.size:
-            return events
-        if self._pending_gap_us is not None:
-            gap_us, self._pending_gap_us = self._pending_gap_us, None
-            first = int(events["t"][0]) + self._offset_us
-            if self._last_t is not None and first < self._last_t:
-                self._rebase(first, self._last_t + gap_us)
-        kept = []
-        while events.size:
-            head, events = self._in_order(events)
-            if head.size:
-                kept.append(head)
-        if not kept:
-            return events
-        return kept[0] if len(kept) == 1 else np.concatenate(kept)
-
-    def _rebase(self, first_t: int, new_first_t: int) -> None:
-        self._offset_us += new_first_t - first_t
-        self.stats.clock_rebases += 1
-
-    def _in_order(self, events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Deliverable, time-ordered head of `events`, and the rest after a clock reset."""
-        t = events["t"].astype(np.int64, copy=True)
-        if self._offset_us:
-            t += self._offset_us
-        last = int(t[0]) if self._last_t is None else self._last_t
-        before = np.empty_like(t)  # the latest time delivered before each event
-        before[0] = last
-        np.maximum.accumulate(t[:-1], out=before[1:])
-        np.maximum(before, last, out=before)
-        back = t < before
-        rest = events[:0]
-        retimed = bool(self._offset_us)
-        if back.any():
-            behind = before - t
-            reset = np.flatnonzero(behind > self.clock_reset_us)
-            if reset.size:
-                i = int(reset[0])
-                rest, events, t, back, behind = events[i:], events[:i], t[:i], back[:i], behind[:i]
-            jitter = back & (behind <= self.jitter_us)
-            n_jitter = int(np.count_nonzero(jitter))
-            if n_jitter:
-                # Sensor jitter: the event moves forward to the time already delivered.
-                t[jitter] = before[: t.size][jitter]
-                back &= ~jitter
-                self.stats.clamped_backwards += n_jitter
-                retimed = True
-            n_back = int(np.count_nonzero(back))
-            if n_back and self.backwards == "error":
-                i = int(np.flatnonzero(back)[0])
-                raise EventDataError(
-                    f"{self.name}: timestamps go backwards ({int(before[i])} us -> {int(t[i])} us; "
-                    "use backwards=drop to drop such events instead)"
-                )
-            if n_back:
-                self.stats.dropped_backwards += n_back
-                events, t = events[~back], t[~back]
-        if t.size:
-            self._last_t = int(t[-1])
-        if rest.size:
-            # The peer restarted its clock mid-connection: continue right after the last event.
-            assert self._last_t is not None
-            self._rebase(int(rest["t"][0]) + self._offset_us, self._last_t)
-        if retimed and t.size:
+        validator = self._checked()
+        if not events.flags.writeable:  # the validator compacts and retimes in place
             events = events.copy()
-            events["t"] = t
-        return events, rest
+        try:
+            return validator(events)
+        finally:
+            checked, stats = validator.stats, self.stats
+            stats.dropped_out_of_bounds = checked.dropped_out_of_sensor
+            stats.dropped_backwards = checked.dropped_backwards
+            stats.clamped_backwards = checked.clamped_backwards
+            stats.clock_rebases = checked.clock_rebases
+
+
+class _StreamValidator(EventValidator):
+    """A live stream's wording: it has no event index to name, and `backwards=` is the option."""
+
+    def _backwards_message(self, index: int, previous: int, t: int) -> str:
+        return (
+            f"{self.source}: timestamps go backwards ({previous} us -> {t} us; use "
+            "backwards=drop to drop such events instead)"
+        )

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from spikecut.errors import ConfigError, SourceUnavailableError
-from spikecut.sources.events import EVENT_DTYPE
+from spikecut.sources.events import make_events
 from spikecut.sources.live.base import LiveSource, LiveStats, PeerUnavailable
 from spikecut.sources.live.dv import CAMERA_EXTRA, poll_dv_input
 from spikecut.sources.live.raw import prophesee_jitter_us
@@ -137,12 +137,8 @@ def _describe(camera: CameraFound) -> str:
 
 def nd_events(polarity_events: np.ndarray) -> np.ndarray:
     """neuromorphic-drivers polarity events (t <u8, x <u2, y <u2, on ?) as `EVENT_DTYPE`."""
-    events = np.empty(polarity_events.shape[0], dtype=EVENT_DTYPE)
-    events["t"] = polarity_events["t"]
-    events["x"] = polarity_events["x"]
-    events["y"] = polarity_events["y"]
-    events["p"] = polarity_events["on"]
-    return events
+    columns = (polarity_events[name] for name in ("t", "x", "y", "on"))
+    return make_events(*columns)
 
 
 def poll_nd_device(

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from spikecut.errors import SourceUnavailableError
-from spikecut.sources.events import EVENT_DTYPE
+from spikecut.sources.events import make_events
 from spikecut.sources.live.base import LiveSource, PeerUnavailable
 
 DEFAULT_DV_PORT = 7777
@@ -56,15 +56,9 @@ def dv_events(store: Any) -> np.ndarray:
     Negative coordinates (int16 in dv) become 65535 so the source's bounds check drops them.
     """
     packed = store.numpy()  # fields timestamp <i8, x <i2, y <i2, polarity i1
-    events = np.empty(packed.shape[0], dtype=EVENT_DTYPE)
-    events["t"] = packed["timestamp"]
-    for name in ("x", "y"):
-        column = packed[name]
-        if column.size and column.min() < 0:
-            column = np.where(column < 0, np.iinfo(np.uint16).max, column)
-        events[name] = column
-    events["p"] = packed["polarity"] != 0
-    return events
+    outside = np.int32(np.iinfo(np.uint16).max)  # typed, not int16: -1 would stay negative
+    x, y = (np.where(packed[name] < 0, outside, packed[name]) for name in "xy")
+    return make_events(packed["timestamp"], x, y, packed["polarity"] != 0)
 
 
 def poll_dv_input(

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from spikecut.errors import ConfigError
+from spikecut.errors import ConfigError, CorruptFileError
 from spikecut.sources.live.base import LiveSource, PeerUnavailable
 
 if TYPE_CHECKING:
@@ -71,35 +71,21 @@ def prophesee_jitter_us() -> int:
     return int(_prophesee().PROPHESEE_JITTER_US)
 
 
-_TEXT = frozenset(range(0x20, 0x7F)) | {0x09, 0x0D}
-
-
 def read_header(buffered: bytes) -> RawHeader | None:
     """The `%` header at the start of a stream's first bytes, or None while it may go on.
 
-    `prophesee.parse_raw_header`, with one more rule that streams need: a line that starts with
-    `%` but holds bytes that are not text is binary data starting with 0x25, not a header line.
-    Without it, one headerless stream in 256 (those whose first byte is 0x25) would lose its
-    first words.
+    `prophesee.parse_raw_header` (the file readers' rules, binary that starts with 0x25
+    included), with less patience for an unfinished line: a stream is not read for megabytes
+    waiting for a header line to end.
     """
-    parse = _prophesee().parse_raw_header
-    pos = 0
-    while buffered[pos : pos + 1] == b"%":
-        end = buffered.find(b"\n", pos)
-        line = buffered[pos : len(buffered) if end < 0 else end]
-        if not _TEXT.issuperset(line):
-            return parse(buffered[:pos] + b"\0")  # the header, if any, ends before this line
-        if end < 0:
-            if len(line) > _MAX_HEADER_LINE:
-                raise ConfigError(
-                    f"stream header line longer than {_MAX_HEADER_LINE} bytes: "
-                    f"{line[:60]!r}...; is this a Prophesee RAW stream?"
-                )
-            return None
-        pos = end + 1
-        if line.rstrip(b"\r") == b"% end":
-            break
-    return parse(buffered)
+    try:
+        return _prophesee().parse_raw_header(buffered, max_line=_MAX_HEADER_LINE)
+    except CorruptFileError as exc:
+        start = exc.offset or 0
+        raise ConfigError(
+            f"stream header line longer than {_MAX_HEADER_LINE} bytes: "
+            f"{buffered[start : start + 60]!r}...; is this a Prophesee RAW stream?"
+        ) from None
 
 
 # --- byte transports ------------------------------------------------------------------------
