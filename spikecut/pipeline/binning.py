@@ -1261,9 +1261,18 @@ class FrameBuilder:
             return None
         return int(self._st[S_NEXT_END])
 
+    def fits(self, spec: WindowSpec, sensor: StreamInfo | tuple[int, ...]) -> bool:
+        """Whether this builder bins `spec` for that sensor: then, after `reset()`, it is as good
+        as a new one (a stream's files one after another can share it)."""
+        return spec == self.spec and sensor_dims(sensor) == (self.width, self.height)
+
     def reset(self) -> None:
-        """Start a new, unrelated stream: forget windows, origin, filter memories and counters."""
-        self._acc.fill(0)
+        """Start a new, unrelated stream: forget windows, origin, filter memories and counters.
+
+        Cheaper than a new builder: nothing is allocated, and of the count frames only those
+        that may still hold counts are cleared (a slot with events that nobody took)."""
+        for slot in np.flatnonzero((self._slot_n != 0) & ~self._zeroed):
+            self._slot_view(int(slot)).fill(0)
         self._slot_n.fill(0)
         self._zeroed.fill(False)
         self._st.fill(0)
