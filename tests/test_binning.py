@@ -271,6 +271,25 @@ def test_count_windows_close_on_their_last_event_and_report_their_times() -> Non
     assert builder.finish("emit")[0].n_events == 1
 
 
+def test_count_window_times_skip_the_events_a_crop_leaves_out() -> None:
+    # A count window spans its first to last counted event. The hot loop counts events outside
+    # the ROI (x >= 2 here) or the sensor (x = 9) as drops on the way: they must not move those
+    # bounds, whether they open a window's run, end it, or end the stream.
+    x = [0, 1, 2, 3, 0, 9, 2, 1, 3, 0, 2]
+    events = make_events(np.arange(11), x, [0] * 11, [0] * 11)
+    spec = WindowSpec(event_count=2, roi=(0, 0, 2, 1), dtype="int32")
+    expected = [(0, 2, 2), (4, 8, 2), (9, 10, 1)]
+    rec = bin_recording(events, (4, 1), spec)
+    got = zip(rec.t_start_us.tolist(), rec.t_end_us.tolist(), rec.n_events.tolist(), strict=True)
+    assert list(got) == expected
+    assert (rec.drops.outside_roi, rec.drops.outside_sensor) == (5, 1)
+    for size in (1, 3, 11):
+        builder = FrameBuilder(spec, (4, 1))
+        windows = [w for i in range(0, 11, size) for w in builder.push(events[i : i + size])]
+        windows += builder.finish()
+        assert [(w.t_start_us, w.t_end_us, w.n_events) for w in windows] == expected
+
+
 def test_frames_handed_out_are_never_reused() -> None:
     builder = FrameBuilder(WindowSpec(window_us=10, dtype="int32"), (2, 1))
     rng = np.random.default_rng(1)

@@ -17,13 +17,14 @@ from hypothesis import strategies as st
 import spikecut.pipeline.binning as binning
 from spikecut.pipeline.binning import S_ORIGIN, FrameBuilder, WindowSpec, bin_recording
 from spikecut.sources.events import make_events
-from tests.test_binning_chunks import H, W, streams
+from tests.test_binning_chunks import ROIS, H, W, streams
 
 saturation = {
     "clip": st.sampled_from([None, 1, 2, 7]),
     "dtype": st.sampled_from(["uint8", "int16", "float16", "float32"]),
     "polarities": st.sampled_from([1, 2]),
     "max_gap_us": st.sampled_from([None, 2_000]),
+    "roi": ROIS,
 }
 specs = st.one_of(
     st.integers(1, 300).flatmap(

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from spikecut.errors import ConfigError, CorruptFileError, EventDataError
-from spikecut.pipeline.binning import WindowSpec, bin_recording, frames_for_recording
+from spikecut.pipeline.binning import FrameBuilder, WindowSpec, bin_recording, frames_for_recording
 from spikecut.pipeline.windowing import StageStats, windows
 from spikecut.sources.base import EventSource
 from spikecut.sources.events import StreamInfo, make_events
@@ -313,3 +313,48 @@ async def test_frames_for_recording_is_what_a_live_replay_would_see() -> None:
     )
     expected = frames_for_recording(events, INFO, spec)
     np.testing.assert_array_equal(np.stack([w.frames for w in got]), expected)
+
+
+async def test_a_stream_reuses_one_builder_for_its_sources() -> None:
+    # Three sources one after another through one builder, the first abandoned mid-way (windows
+    # still waiting in the ring and the buffer): each source gets exactly the windows a new
+    # builder gives it, origin and counters included.
+    rng = np.random.default_rng(5)
+    spec = WindowSpec(window_us=300, filter_us=400, roi=(1, 1, 6, 4), dtype="int32")
+
+    def recording(n: int) -> np.ndarray:
+        t = 10_000 + np.cumsum(rng.integers(0, 20, n))
+        xy = rng.integers(0, 9, (2, n))  # some outside the 8x6 sensor, many outside the ROI
+        return make_events(t, xy[0], xy[1], rng.integers(0, 2, n))
+
+    first, second, third = recording(3_000), recording(2_000), recording(500)
+    builder = FrameBuilder(spec, INFO)
+    stream = windows(FakeSource(split_randomly(first, rng, 8)), spec, builder=builder)
+    assert len(await take(stream, lambda got: len(got) == 3)) == 3
+    for events in (second, third):
+        stats, fresh_stats = StageStats(), StageStats()
+        chunks = split_randomly(events, rng, 5)
+        got = await collect(FakeSource(chunks), spec, builder=builder, stats=stats)
+        fresh = await collect(FakeSource(chunks), spec, stats=fresh_stats)
+        assert [(w.index, w.t_start_us, w.n_events, w.drops) for w in got] == [
+            (w.index, w.t_start_us, w.n_events, w.drops) for w in fresh
+        ]
+        assert np.stack([w.frames for w in got]).tobytes() == (
+            np.stack([w.frames for w in fresh]).tobytes()
+        )
+        assert stats.drops == fresh_stats.drops and stats.drops.outside_roi > 0
+
+
+async def test_a_builder_must_fit_and_serve_one_stage_at_a_time() -> None:
+    spec = WindowSpec(window_us=100)
+    builder = FrameBuilder(spec, INFO)
+    with pytest.raises(ConfigError, match="builder"):
+        await collect(FakeSource([]), spec.with_(window_us=200), builder=builder)
+    with pytest.raises(ConfigError, match="builder"):
+        await collect(FakeSource([], info=StreamInfo(9, 6, "other")), spec, builder=builder)
+    running = windows(FakeSource(one_window_per_chunk(50)), spec, builder=builder)
+    assert (await anext(running)).index == 0
+    with pytest.raises(ConfigError, match="already running"):
+        await collect(FakeSource([]), spec, builder=builder)
+    await running.aclose()
+    assert len(await collect(FakeSource(one_window_per_chunk(3)), spec, builder=builder)) == 3

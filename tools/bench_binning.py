@@ -3,7 +3,7 @@ check that all of them produce identical results, and print throughput and ratio
 same run.
 
     python tools/bench_binning.py [--json] [--repeat N] [--copies N] [--denoise-events N]
-                                  [--only binning,nmnist,denoise,file]
+                                  [--roi-copies N] [--only binning,nmnist,denoise,file,roi]
 
 Events: the DAVIS346 AEDAT4 recording of ../shared (117,667 events, 130 ms) tiled `--copies` times
 (default 86: 10.1 M events, 11.2 s), each copy shifted in time so timestamps keep increasing.
@@ -30,6 +30,15 @@ Events: the DAVIS346 AEDAT4 recording of ../shared (117,667 events, 130 ms) tile
   chunks of the reader's size, one AEDAT4 packet) and on N-MNIST samples back to back (34x34
   frames, 10 bins per 300 ms: the per-window cost when frames are small).
 
+- ROI (extra rows, the documented `spikecut replay drive.raw --roi 82,2,476,476 --downsample 14`
+  into a 34x34 network): the Prophesee EVT2 sparklers recording (640x480, 521,252 events, 36 % of
+  them outside that ROI) tiled `--roi-copies` times (default 10: 5.2 M events), streamed through
+  a `FrameBuilder` in the reader's 65,536-event chunks with the demo model's 30 ms float32
+  windows, against the same events and windows without ROI or downsampling (full 640x480
+  frames), and without ROI but downsampled (35x46 frames: every event counted, output as
+  small as ours). The cropped frames are checked equal to the full ones cropped and summed
+  over 14x14 blocks. Events outside the ROI must cost no more than events counted.
+
 Each measurement alternates ours and the baselines for `--repeat` samples; the table shows medians
 (the machine is shared) and, beside them, ratios of the best samples. Process CPU time (medians)
 is reported too: with both threads of the file rows on a busy machine, CPU time shows whether
@@ -55,7 +64,7 @@ from numba import njit
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from spikecut.pipeline.binning import WindowSpec, frames_for_recording  # noqa: E402
+from spikecut.pipeline.binning import FrameBuilder, WindowSpec, frames_for_recording  # noqa: E402
 from spikecut.pipeline.filters import EventFilter  # noqa: E402
 from spikecut.pipeline.windowing import windows  # noqa: E402
 from spikecut.sources import open_source, read_events  # noqa: E402
@@ -63,6 +72,9 @@ from spikecut.sources import open_source, read_events  # noqa: E402
 SHARED = REPO.parent / "shared" / "data"
 RECORDING = SHARED / "real" / "aedat4" / "davis346_aestream_example.aedat4"
 NMNIST = SHARED / "nmnist_1k" / "train"
+SPARKLERS = SHARED / "real" / "prophesee_raw" / "evt2_gen3_sparklers.raw"
+ROI, ROI_DOWNSAMPLE = (82, 2, 476, 476), 14  # 640x480 into 34x34
+READER_CHUNK = 65_536  # what the EVT2 reader yields per chunk
 AEDAT4_PACKET_EVENTS = 9_000  # about one packet of RECORDING: what its reader yields per chunk
 TARGETS = {
     "vs_tonic_to_frame": 20.0,
@@ -70,7 +82,7 @@ TARGETS = {
     "vs_tonic_denoise": 100.0,
     "vs_decode": 0.8,
 }
-SECTIONS = ("binning", "nmnist", "denoise", "file")
+SECTIONS = ("binning", "nmnist", "denoise", "file", "roi")
 
 
 def tiled(events: np.ndarray, copies: int) -> np.ndarray:
@@ -338,6 +350,43 @@ def bench_file_to_windows(
     return result
 
 
+def streamed_windows(events: np.ndarray, info, spec: WindowSpec) -> list:
+    """The windows `windows()` would make of `events` arriving in reader-sized chunks."""
+    builder = FrameBuilder(spec, info)
+    out = []
+    for i in range(0, len(events), READER_CHUNK):
+        out += builder.push(events[i : i + READER_CHUNK])
+    return out + builder.finish()
+
+
+def bench_roi(repeat: int, copies: int) -> dict:
+    """Extra rows: a ROI crop with downsampling against the same events without either."""
+    base, info = read_events(SPARKLERS)
+    events = tiled(base, copies)
+    cropped = WindowSpec(window_us=30_000, roi=ROI, downsample=ROI_DOWNSAMPLE)
+    plain = WindowSpec(window_us=30_000)
+    ours = streamed_windows(events, info, cropped)
+    full = np.stack([w.frames for w in streamed_windows(events, info, plain)])
+    x0, y0, roi_w, roi_h = ROI
+    f = ROI_DOWNSAMPLE
+    crop = full[:, :, y0 : y0 + roi_h, x0 : x0 + roi_w]
+    pooled = crop.reshape(len(full), 2, roi_h // f, f, roi_w // f, f).sum(axis=(3, 5))
+    assert np.array_equal(np.stack([w.frames for w in ours]), pooled), "cropped frames differ"
+    del full, crop, pooled
+    functions = {
+        "ours: ROI 476x476 / 14 (34x34 frames)": lambda: streamed_windows(events, info, cropped),
+        "same events, no ROI (640x480 frames)": lambda: streamed_windows(events, info, plain),
+        "same events, no ROI, downsample 14 (35x46)": lambda: streamed_windows(
+            events, info, plain.with_(downsample=ROI_DOWNSAMPLE)
+        ),
+    }
+    result = summarise(Samples(functions, repeat), len(events), ours=next(iter(functions)))
+    result["events"] = len(events)
+    result["outside_roi"] = sum(w.drops.outside_roi for w in ours)
+    result["windows"] = len(ours)
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -345,6 +394,9 @@ def main() -> int:
     parser.add_argument("--copies", type=int, default=86, help="times the recording is tiled")
     parser.add_argument(
         "--denoise-events", type=int, default=1_000_000, help="events given to tonic Denoise"
+    )
+    parser.add_argument(
+        "--roi-copies", type=int, default=10, help="times the sparklers recording is tiled (roi)"
     )
     parser.add_argument(
         "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}"
@@ -371,6 +423,8 @@ def main() -> int:
         report["file_to_windows"] = bench_file_to_windows(
             events, info, args.copies, args.repeat, nmnist
         )
+    if "roi" in only and SPARKLERS.exists():
+        report["roi"] = bench_roi(args.repeat, args.roi_copies)
     # The targets' ratios, from wall-time medians; the same from process CPU time beside them
     # (steadier on a shared machine; for file to windows it compares total work, both threads).
     rows = {}
@@ -406,6 +460,16 @@ def main() -> int:
         sections += [(f"denoise (first {report['denoise']['events']} events)", report["denoise"])]
     if "file_to_windows" in report:
         sections += [("file to windows (AEDAT4, 10 ms windows)", report["file_to_windows"])]
+    if "roi" in report:
+        roi = report["roi"]
+        sections += [
+            (
+                f"ROI (extra): sparklers x{args.roi_copies}, {roi['events']:,} events "
+                f"({roi['outside_roi']:,} outside the ROI), 30 ms windows in 65,536-event "
+                "chunks",
+                roi,
+            )
+        ]
     for title, section in sections:
         print(f"\n{title}")
         for name, row in section.items():

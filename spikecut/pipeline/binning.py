@@ -368,7 +368,12 @@ RUN_DONE, RUN_DRAIN, RUN_GAP = 0, 1, 2
 ) = range(10)
 
 _I64_MAX = np.iinfo(np.int64).max
+# `_lookup_table` entries: outside the sensor (or polarity > 1) makes any sum of three entries
+# negative; an in-sensor coordinate outside the ROI makes it at least _CROPPED (more than any
+# frame holds, 2 * 65535**2) and less than _LUT_LIMIT.
 _OUTSIDE = -(2**40)
+_CROPPED = 2**34
+_LUT_LIMIT = np.uint64(2**36)
 _LUT_ROWS, _LUT_POLS = np.uint64(65536), np.uint64(2 * 65536)  # offsets in `_lookup_table`
 _I64_MIN = np.iinfo(np.int64).min
 
@@ -419,9 +424,10 @@ def _last_window(cfg: np.ndarray, origin: np.int64, t: np.int64) -> np.int64:
 
 @njit(cache=True, nogil=True, inline="always")
 def _offset(lut: np.ndarray, e: Any) -> np.uint64:
-    """Where event e counts in a frame, from `_lookup_table`; at least the frame size when e is
-    outside the sensor, the ROI or the polarities (one entry is then -2**40: the sum is negative,
-    a huge unsigned number), so a single comparison validates all three."""
+    """Where event e counts in a frame, from `_lookup_table`: below the frame size when it counts,
+    in [_CROPPED, _LUT_LIMIT) when it is outside the ROI, and (one entry is then -2**40: the sum
+    is negative, a huge unsigned number) at least _LUT_LIMIT when it is outside the sensor or the
+    polarities, so a single comparison tells the events the hot loop takes."""
     return np.uint64(
         lut[np.uint64(e.x)] + lut[np.uint64(e.y) + _LUT_ROWS] + lut[np.uint64(e.p) + _LUT_POLS]
     )
@@ -437,27 +443,30 @@ def _count_run(
     lut: np.ndarray,
     frame: np.ndarray,
     cap: np.int64,
-) -> tuple[int, np.int64]:
-    """The hot loop: count unfiltered events into one window's frame while they fall in
-    [t_lo, t_lo + t_span), up to index i_end. Stops, without consuming it, at the first event that
-    needs the general path (outside the segment, the sensor or the ROI).
-
-    Kept tiny on purpose: with few live values everything stays in registers.
+) -> tuple[int, np.int64, np.int64]:
+    """The saturating hot loop: count unfiltered events into one window's frame while they fall
+    in [t_lo, t_lo + t_span), up to index i_end; events outside the ROI are counted as cropped.
+    Stops, without consuming it, at the first event that needs the general path (outside the
+    segment or the sensor). Returns (where it stopped, clipped, cropped).
     """
     clipped = np.int64(0)
+    cropped = np.int64(0)
     size = np.uint64(frame.shape[0])
     for k in range(i, i_end):
         e = events[np.uint64(k)]  # unsigned indices: no negative-index wraparound code
         j = _offset(lut, e)
         # One branch for both exits: this form runs about 1.6x faster than two separate tests.
-        if (np.uint64(e.t - t_lo) >= t_span) | (j >= size):
-            return k, clipped
+        if (np.uint64(e.t - t_lo) >= t_span) | (j >= _LUT_LIMIT):
+            return k, clipped, cropped
+        if j >= size:
+            cropped += 1
+            continue
         c = frame[j]
         if c < cap:
             frame[j] = c + 1
         else:
             clipped += 1
-    return i_end, clipped
+    return i_end, clipped, cropped
 
 
 @njit(cache=True, nogil=True)
@@ -471,7 +480,11 @@ def _count_run_unclipped(
     frame: np.ndarray,
 ) -> int:
     """`_count_run` for a run in which no count can reach the cap (the caller proves it), so
-    without the saturation test: about 1.3x faster. Returns where it stopped."""
+    without the saturation test: about 1.3x faster. Returns where it stopped (at an event outside
+    the segment, the sensor, or the ROI: `_skip_cropped` takes those).
+
+    The hot loop, kept tiny on purpose: with few live values everything stays in registers. (A
+    crop test inside it, or a clamp of cropped events into a trash cell, made it slower.)"""
     size = np.uint64(frame.shape[0])
     for k in range(i, i_end):
         e = events[np.uint64(k)]
@@ -479,6 +492,25 @@ def _count_run_unclipped(
         if (np.uint64(e.t - t_lo) >= t_span) | (j >= size):
             return k
         frame[j] += 1
+    return i_end
+
+
+@njit(cache=True, nogil=True)
+def _skip_cropped(
+    events: np.ndarray,
+    i: int,
+    i_end: int,
+    t_lo: np.int64,
+    t_span: np.uint64,
+    lut: np.ndarray,
+    size: np.uint64,
+) -> int:
+    """Where the events from i on that are in the segment but outside the ROI end."""
+    for k in range(i, i_end):
+        e = events[np.uint64(k)]
+        j = _offset(lut, e)
+        if (np.uint64(e.t - t_lo) >= t_span) | (j < size) | (j >= _LUT_LIMIT):
+            return k
     return i_end
 
 
@@ -501,7 +533,8 @@ def _filtered_run(
     frame: np.ndarray,
     cap: np.int64,
 ) -> tuple[int, np.int64, np.int64, np.int64, np.int64]:
-    """`_count_run` with the filters applied: returns (i, counted, clipped, t_first, t_last)."""
+    """`_count_run` with the filters applied: returns (i, counted, clipped, t_first, t_last).
+    Events outside the sensor are counted here too, as the general path would."""
     width = cfg[C_WIDTH]
     height = cfg[C_HEIGHT]
     refractory_us = cfg[C_REFRACTORY_US]
@@ -510,6 +543,7 @@ def _filtered_run(
     clipped = np.int64(0)
     t_first = np.int64(0)
     t_last = np.int64(0)
+    size = frame.shape[0]
     while i < i_end and counted < budget:
         e = events[i]
         t = e.t
@@ -518,11 +552,10 @@ def _filtered_run(
         x = np.int64(e.x)
         y = np.int64(e.y)
         pol = pol_lut[e.p]
-        row = row_lut[y]
-        col = col_lut[x]
-        if x >= width or y >= height or pol < 0:
-            break
         i += 1
+        if x >= width or y >= height or pol < 0:
+            cnt[K_OUTSIDE] += 1
+            continue
         outcome = _filter_event(
             t,
             x,
@@ -537,10 +570,10 @@ def _filtered_run(
         if outcome != 0:
             cnt[outcome] += 1
             continue
-        if (row | col) < 0:
+        j = pol + row_lut[y] + col_lut[x]
+        if j >= size:
             cnt[K_ROI] += 1
             continue
-        j = pol + row + col
         c = frame[j]
         if c < cap:
             frame[j] = c + 1
@@ -586,6 +619,21 @@ def _tally(st: np.ndarray, counted: np.int64, t_first: np.int64, t_last: np.int6
 
 
 @njit(cache=True, nogil=True)
+def _counted_ends(
+    events: np.ndarray, i: int, i_end: int, lut: np.ndarray, size: np.uint64
+) -> tuple[np.int64, np.int64]:
+    """t of the first and the last event of events[i:i_end] that counted in a frame (there is
+    one): a run that cropped events, whose ends may be cropped ones."""
+    first = i
+    while _offset(lut, events[first]) >= size:
+        first += 1
+    last = i_end - 1
+    while _offset(lut, events[last]) >= size:
+        last -= 1
+    return events[first].t, events[last].t
+
+
+@njit(cache=True, nogil=True)
 def _run_segment(
     events: np.ndarray,
     i: int,
@@ -602,6 +650,11 @@ def _run_segment(
 ) -> int:
     """Count the events that continue the current single-window segment (the common case).
 
+    Drops that touch no window bookkeeping are counted on the way without leaving: events outside
+    the ROI by `_skip_cropped` wherever the hot loop stops at them (and inside the saturating and
+    the filtered loops), events outside the sensor and late ones where a run stops at them. So
+    only an event that needs another segment (or a resync) returns to the general path.
+
     `filters` is None when no filter is on: Numba then compiles this without the filtered loop,
     which keeps the unfiltered hot loop about 1.7x faster. No count of the slot exceeds the
     number of events counted into it so far, so the next C_ROOM - that many events take the loop
@@ -613,53 +666,94 @@ def _run_segment(
     slot = st[S_SEG_SLOT]
     base = slot * plane
     frame = acc[base : base + plane]
-    if cfg[C_MODE] == MODE_COUNT:
+    count_mode = cfg[C_MODE] == MODE_COUNT
+    if count_mode:
         t_lo, t_span = -T_LIMIT, np.uint64(2 * T_LIMIT + 1)
-        budget = st[S_SEG_HI] - st[S_ACCEPTED]
     else:
         t_lo, t_span = st[S_SEG_LO], np.uint64(st[S_SEG_HI] - st[S_SEG_LO])
-        budget = n
-    start = i
-    if filters is None:
+    max_gap = cfg[C_MAX_GAP]
+    while i < n:
+        budget = st[S_SEG_HI] - st[S_ACCEPTED] if count_mode else n
+        if budget <= 0:
+            break
+        start = i
         i_end = min(n, i + budget)
-        clipped = np.int64(0)
-        room = cfg[C_ROOM] - slot_n[slot] - st[S_SEG_COUNT]
-        stop = min(i_end, i + max(room, 0))
-        if stop > i:
-            i = _count_run_unclipped(events, i, stop, t_lo, t_span, lut, frame)
-        if i == stop and stop < i_end:
-            i, clipped = _count_run(events, i, i_end, t_lo, t_span, lut, frame, cfg[C_CAP])
-        counted = i - start
-        if counted != 0:
-            _tally(st, counted, events[start].t, events[i - 1].t)
-    else:
-        hot, refractory_memory, denoise_memory = filters
-        i, counted, clipped, t_first, t_last = _filtered_run(
-            events,
-            i,
-            n,
-            budget,
-            t_lo,
-            t_span,
-            cfg,
-            cnt,
-            pol_lut,
-            row_lut,
-            col_lut,
-            hot,
-            refractory_memory,
-            denoise_memory,
-            frame,
-            cfg[C_CAP],
-        )
-        _tally(st, counted, t_first, t_last)
-    cnt[K_CLIPPED] += clipped
-    if cfg[C_MODE] == MODE_COUNT and counted != 0:
-        st[S_ACCEPTED] += counted
-        if st[S_ACCEPTED] >= st[S_SEG_HI]:  # the oldest window(s) just got their last event
-            st[S_K_CLOSE] = max(
-                st[S_K_CLOSE], (st[S_ACCEPTED] - cfg[C_WINDOW]) // cfg[C_STRIDE] + 1
+        if filters is None:
+            clipped = np.int64(0)
+            cropped = np.int64(0)
+            room = cfg[C_ROOM] - slot_n[slot] - st[S_SEG_COUNT]
+            stop = min(i_end, i + max(room, 0))
+            while stop > i:
+                i = _count_run_unclipped(events, i, stop, t_lo, t_span, lut, frame)
+                skipped = i
+                i = _skip_cropped(events, i, stop, t_lo, t_span, lut, np.uint64(plane))
+                if i == skipped:
+                    break
+                cropped += i - skipped
+            if i == stop and stop < i_end:
+                i, clipped, more = _count_run(
+                    events, i, i_end, t_lo, t_span, lut, frame, cfg[C_CAP]
+                )
+                cropped += more
+            counted = i - start - cropped
+            if counted != 0:
+                if cropped == 0:
+                    t_first, t_last = events[start].t, events[i - 1].t
+                else:
+                    t_first, t_last = _counted_ends(events, start, i, lut, np.uint64(plane))
+                _tally(st, counted, t_first, t_last)
+            cnt[K_ROI] += cropped
+        else:
+            hot, refractory_memory, denoise_memory = filters
+            i, counted, clipped, t_first, t_last = _filtered_run(
+                events,
+                i,
+                n,
+                budget,
+                t_lo,
+                t_span,
+                cfg,
+                cnt,
+                pol_lut,
+                row_lut,
+                col_lut,
+                hot,
+                refractory_memory,
+                denoise_memory,
+                frame,
+                cfg[C_CAP],
             )
+            i_end = n
+            _tally(st, counted, t_first, t_last)
+        cnt[K_CLIPPED] += clipped
+        if count_mode and counted != 0:
+            st[S_ACCEPTED] += counted
+            if st[S_ACCEPTED] >= st[S_SEG_HI]:  # the oldest window(s) just got their last event
+                st[S_K_CLOSE] = max(
+                    st[S_K_CLOSE], (st[S_ACCEPTED] - cfg[C_WINDOW]) // cfg[C_STRIDE] + 1
+                )
+                break
+        if i >= i_end:  # the chunk's end, or a count budget spent partly on cropped events
+            continue
+        # The event that stopped the run: one `_step` would only count as outside or late?
+        e = events[i]
+        t = e.t
+        if (
+            (np.int64(e.x) >= cfg[C_WIDTH])
+            | (np.int64(e.y) >= cfg[C_HEIGHT])
+            | (e.p > 1)
+            | (np.uint64(t + T_LIMIT) > np.uint64(2 * T_LIMIT))
+        ):
+            cnt[K_OUTSIDE] += 1
+            i += 1
+            continue
+        if count_mode:
+            break
+        floor = st[S_FLOOR]
+        if t >= floor or (max_gap > 0 and (t > st[S_CLOCK] + max_gap or t < floor - max_gap)):
+            break
+        cnt[K_LATE] += 1
+        i += 1
     return i
 
 
@@ -776,13 +870,11 @@ def _step(
         if outcome != 0:
             cnt[outcome] += 1
             return i + 1
-    row = row_lut[y]
-    col = col_lut[x]
-    if row < 0 or col < 0:
+    plane = cfg[C_PLANE]
+    j = pol_lut[p] + row_lut[y] + col_lut[x]
+    if j >= plane:
         cnt[K_ROI] += 1
         return i + 1
-    j = pol_lut[p] + row + col
-    plane = cfg[C_PLANE]
     cap = cfg[C_CAP]
     s = st[S_SEG_SLOT]
     for _ in range(st[S_SEG_N]):
@@ -865,7 +957,18 @@ def _bin_chunk(
     while i < n:
         if st[S_SEG_VALID] != 0 and st[S_SEG_N] == 1:
             i = _run_segment(
-                events, i, cfg, st, cnt, pol_lut, row_lut, col_lut, filters, acc, slot_n, lut
+                events,
+                i,
+                cfg,
+                st,
+                cnt,
+                pol_lut,
+                row_lut,
+                col_lut,
+                filters,
+                acc,
+                slot_n,
+                lut,
             )
             if i >= n:
                 break
@@ -1032,13 +1135,16 @@ def _lookup_table(
     width: int, height: int, roi: tuple[int, int, int, int], downsample: int, n_pol: int
 ) -> np.ndarray:
     """Columns (x), rows (y, at offset 65536) and polarities (p, at 131072) to offsets in the flat
-    frame; negative = not in the frame (outside the sensor, outside the ROI, polarity > 1). Full
-    uint16/uint8 range, so the hot loop validates with a single sign test. Shared by every builder
-    of the same geometry (1 MB, and filling it dominated short recordings); never written."""
+    frame; _OUTSIDE (negative) outside the sensor or for polarity > 1, _CROPPED for sensor
+    coordinates outside the ROI. Full uint16/uint8 range, so the hot loop validates with a single
+    unsigned comparison. Shared by every builder of the same geometry (1 MB, and filling it
+    dominated short recordings); never written."""
     x0, y0, roi_w, roi_h = roi
     w_out, h_out = -(-roi_w // downsample), -(-roi_h // downsample)
     rows, pols = int(_LUT_ROWS), int(_LUT_POLS)
     lut = np.full(pols + 256, _OUTSIDE, dtype=np.int64)
+    lut[:width] = _CROPPED
+    lut[rows : rows + height] = _CROPPED
     lut[x0 : x0 + roi_w] = np.arange(roi_w) // downsample
     lut[rows + y0 : rows + y0 + roi_h] = (np.arange(roi_h) // downsample) * w_out
     lut[pols : pols + 2] = (0, h_out * w_out) if n_pol == 2 else (0, 0)
@@ -1155,9 +1261,18 @@ class FrameBuilder:
             return None
         return int(self._st[S_NEXT_END])
 
+    def fits(self, spec: WindowSpec, sensor: StreamInfo | tuple[int, ...]) -> bool:
+        """Whether this builder bins `spec` for that sensor: then, after `reset()`, it is as good
+        as a new one (a stream's files one after another can share it)."""
+        return spec == self.spec and sensor_dims(sensor) == (self.width, self.height)
+
     def reset(self) -> None:
-        """Start a new, unrelated stream: forget windows, origin, filter memories and counters."""
-        self._acc.fill(0)
+        """Start a new, unrelated stream: forget windows, origin, filter memories and counters.
+
+        Cheaper than a new builder: nothing is allocated, and of the count frames only those
+        that may still hold counts are cleared (a slot with events that nobody took)."""
+        for slot in np.flatnonzero((self._slot_n != 0) & ~self._zeroed):
+            self._slot_view(int(slot)).fill(0)
         self._slot_n.fill(0)
         self._zeroed.fill(False)
         self._st.fill(0)

@@ -19,8 +19,8 @@ inline below `INLINE_STEP_MAX_S` (the loop is then held for less than that per s
 above. `tools/bench_pipeline.py` and the tests measure both.
 
 A stream plays its sources one after another; the windowing restarts at each (its origin is the
-source's first event). How a source's windows become segments (one decision each) is chosen by
-`Segmentation.mode`:
+source's first event), on the stream's one `FrameBuilder`, reset. How a source's windows become
+segments (one decision each) is chosen by `Segmentation.mode`:
 
 - `recording`: the whole source is one sample, the dataset case: its windows 0..T-1 from its first
   event, exactly as `frames_for_recording` frames it for training. A recording shorter than T
@@ -80,7 +80,7 @@ from spikecut.models import (
     load_checkpoint,
     topk_gap,
 )
-from spikecut.pipeline.binning import Window, WindowSpec
+from spikecut.pipeline.binning import FrameBuilder, Window, WindowSpec
 from spikecut.pipeline.decision import (
     Decision,
     Stats,
@@ -454,6 +454,7 @@ class Runner:
         self._model_id = model.model_id
         self.reports: dict[str, StreamReport] = {}
         self._meters: dict[str, StatsMeter] = {}
+        self._builders: dict[str, FrameBuilder] = {}  # per stream, reused by its sources
         self._executor: ThreadPoolExecutor | None = None
 
     @property
@@ -512,6 +513,7 @@ class Runner:
             if not known:
                 log.debug("stream %s", stream.stream_id, exc_info=True)
         finally:
+            self._builders.pop(stream.stream_id, None)
             with contextlib.suppress(Exception):  # best effort: a last stats record
                 await self.sink.publish_stats(self._snapshot(stream.stream_id))
 
@@ -542,6 +544,9 @@ class Runner:
             stage = StageStats()
             segment: _Segment | None = None
             error: BaseException | None = None
+            builder = self._builders.get(stream.stream_id)
+            if builder is None or not builder.fits(spec, source.info):
+                builder = self._builders[stream.stream_id] = FrameBuilder(spec, source.info)
             stage_windows = windows(
                 source,
                 spec,
@@ -549,6 +554,7 @@ class Runner:
                 policy=policy,
                 wall_grace_us=options.wall_grace_us,
                 stats=stage,
+                builder=builder,
             )
             try:
                 async with contextlib.aclosing(stage_windows):

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
@@ -46,6 +47,8 @@ from spikecut.sources.base import EventSource
 from spikecut.sources.events import EVENT_DTYPE
 
 POLICIES = ("block", "drop_oldest")
+#: The builders a `windows()` stage is running now (a builder serves one stage at a time).
+_RUNNING: weakref.WeakSet[FrameBuilder] = weakref.WeakSet()
 
 
 @dataclass
@@ -72,12 +75,18 @@ async def windows(
     policy: str = "block",
     wall_grace_us: int = 5_000,
     stats: StageStats | None = None,
+    builder: FrameBuilder | None = None,
 ) -> AsyncIterator[Window]:
     """Yield the windows of `source` binned per `spec` (see the module docstring).
 
     `queue_size` bounds how many finished windows wait for a slow consumer. `stats`, if given, is
     kept up to date with cumulative counts, including what no delivered window could report (the
     drops after the last window, windows discarded at the end).
+
+    `builder`: a `FrameBuilder` that `fits` the spec and the source's sensor, run (after its
+    `reset()`) instead of a new one. A stream whose sources play one after another keeps one for
+    all of them, so no source pays for setting up the binning state in fresh memory. One stage at
+    a time: a builder already running in another stage is refused.
     """
     if end not in END_OPTIONS:
         raise ConfigError(f"end must be one of {END_OPTIONS}, got {end!r}")
@@ -86,7 +95,19 @@ async def windows(
     if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
         raise ConfigError(f"queue_size must be a positive integer, got {queue_size!r}")
     check_duration("wall_grace_us", wall_grace_us, allow_zero=True)
-    builder = FrameBuilder(spec, source.info)
+    if builder is None:
+        builder = FrameBuilder(spec, source.info)
+    elif not builder.fits(spec, source.info):
+        raise ConfigError(
+            f"{source.info.source}: the builder given to windows() bins {builder.spec} for a "
+            f"{builder.width}x{builder.height} sensor, not {spec} for a "
+            f"{source.info.width}x{source.info.height} one"
+        )
+    elif builder in _RUNNING:
+        raise ConfigError("windows(): the builder given is already running in another stage")
+    else:
+        builder.reset()
+    _RUNNING.add(builder)
     stats = stats if stats is not None else StageStats()
     buffer = _Buffer(queue_size, policy, builder, stats)
     producer = asyncio.create_task(
@@ -104,6 +125,7 @@ async def windows(
             producer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await producer
+        _RUNNING.discard(builder)
 
 
 class _Buffer:
