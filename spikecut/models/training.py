@@ -4,8 +4,9 @@
     net, config = load_checkpoint(result.checkpoint)   # BN folded, β[t] in config.cutoff
 
 Methods (method.md §4.1): "direct" trains the SNN (LIF) through time with the TET or mean loss;
-"conversion" trains a QCFS ANN on the same frames (each frame on its own, the time-averaged
-output in the loss) and converts it to an IF SNN. `alpha > 0` adds the RCS regulariser (§3).
+"conversion" trains a QCFS ANN on each sample's mean frame (T = 1, see `ann_input`) and converts
+it to an IF SNN that integrates the frames one window per step. `alpha > 0` adds the RCS
+regulariser (§3).
 
 Frames come from `spikecut.models.data` with the `WindowSpec` stored in the checkpoint, so the
 streaming pipeline sees exactly the training frames. Splits come from `load_splits`: model
@@ -35,6 +36,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -279,7 +281,7 @@ def global_rcs_loss(records: ActivationRecords, outputs: Tensor, labels: Tensor)
     if all(isinstance(rec, SpikeRecord) for rec in layers):
         penalties = torch.stack([snn_penalty(rec) for rec in layers], dim=1)
         mask = snn_correct_mask(outputs, labels)
-        return reduce_penalties(gather_rows(penalties), gather_rows(mask))
+        return reduce_penalties(gather_rows(penalties), _gather_mask(mask))
     # ANN (QCFS) form, as rcs.ann_penalty: peak of ReLU(x) over the batch / per-sample RMS.
     peaks, rms = [], []
     for rec in layers:
@@ -289,7 +291,20 @@ def global_rcs_loss(records: ActivationRecords, outputs: Tensor, labels: Tensor)
     peak = gather_rows(torch.stack(peaks, dim=1)).max(dim=0).values  # [L]
     penalties = peak[None, :] / gather_rows(torch.stack(rms, dim=1))
     mask = (outputs.mean(dim=0).argmax(dim=-1) == labels).detach()
-    return reduce_penalties(penalties, gather_rows(mask))
+    return reduce_penalties(penalties, _gather_mask(mask))
+
+
+def _gather_mask(mask: Tensor) -> Tensor:
+    # as bytes: not every backend (NCCL) reduces booleans
+    return gather_rows(mask.to(torch.uint8)).bool()
+
+
+def ann_input(frames: Tensor) -> Tensor:
+    """What the QCFS ANN of a conversion sees: each sample's mean frame, [1, B, P, H, W] from
+    [T, B, P, H, W] (T = 1, the paper's ANN setting). Its IF twin integrates the same frames one
+    window per step, so after T steps its input is the ANN's input (times T), and a neuron with
+    threshold λ fires about T·(QCFS activation)/λ times."""
+    return frames.mean(dim=0, keepdim=True)
 
 
 def task_loss(config: TrainConfig, outputs: Tensor, labels: Tensor) -> Tensor:
@@ -345,10 +360,16 @@ def make_optimizer(
 # --- validation ----------------------------------------------------------------------------------
 
 
-def _outputs(net: StepNet, data: FrameSet | LazyFrames, batch_size: int) -> tuple[Tensor, Tensor]:
+def _outputs(
+    net: StepNet,
+    data: FrameSet | LazyFrames,
+    batch_size: int,
+    transform: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
     """Cumulative outputs and labels of `net` on `data`, frames in the network's precision."""
     dtype = next(net.parameters()).dtype
-    batches = ((f.to(dtype), labels) for f, labels in ordered_batches(data, batch_size))
+    transform = transform or (lambda frames: frames)
+    batches = ((transform(f.to(dtype)), labels) for f, labels in ordered_batches(data, batch_size))
     return collect_outputs(net, batches)
 
 
@@ -548,7 +569,7 @@ def _train(
             labels = labels.to(context.device)
             recording = record_activations() if config.alpha > 0 else contextlib.nullcontext()
             with recording as records:
-                outputs = model(x)
+                outputs = model(ann_input(x) if config.method == "conversion" else x)
             task = task_loss(config, outputs, labels)
             reg = global_rcs_loss(records, outputs, labels) if config.alpha > 0 else task * 0
             loss = task + config.alpha * reg
@@ -566,7 +587,9 @@ def _train(
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         if context.distributed:
-            torch.distributed.all_reduce(sums)
+            totals = sums.to(context.device)  # NCCL reduces GPU tensors only
+            torch.distributed.all_reduce(totals)
+            sums = totals.cpu()
         epochs_run += 1
         if context.main:
             metrics = validation_metrics(deployable(config, net), val_data, config.batch_size)
@@ -622,8 +645,8 @@ def _train(
 
 
 def validation_metrics_ann(net: StepNet, data: FrameSet | LazyFrames, batch_size: int) -> float:
-    """Accuracy of a QCFS ANN's time-averaged output (what it was trained on)."""
-    y, labels = _outputs(net, data, batch_size)
+    """Accuracy of a QCFS ANN on each sample's mean frame (what it is trained on)."""
+    y, labels = _outputs(net, data, batch_size, ann_input)
     return float((y[-1].argmax(dim=-1) == labels).double().mean())
 
 
