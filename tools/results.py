@@ -159,9 +159,11 @@ def render(args: argparse.Namespace, reports: dict[str, dict[int, dict[str, Any]
         "recordings' ~300 ms (three saccades). Raw 2-polarity counts.",
         f"- Network: `{args.arch}` (two 3x3/2 conv + BN + spiking layers, one linear output). "
         f"Direct training: LIF (θ 1, τ 0.5, hard reset), TET loss, {args.epochs_direct} epochs. "
-        f"Conversion: QCFS ANN (L = {args.qcfs_levels}) trained on the same frames "
-        f"({args.epochs_conversion} epochs, CE of the time-averaged output), converted to IF "
-        "neurons. SGD lr 0.1, momentum 0.9, weight decay 5e-4, cosine, batch "
+        f"Conversion: QCFS ANN (L = {args.qcfs_levels}, λ initialised at 8) trained on each "
+        f"sample's mean frame (T = 1, {args.epochs_conversion} epochs, cross-entropy), converted "
+        "to IF neurons (threshold λ, soft reset, start at λ/2) that integrate one window per step; "
+        "the best epoch is chosen on the converted SNN's validation accuracy. "
+        "SGD lr 0.1, momentum 0.9, weight decay 5e-4, cosine, batch "
         f"{args.batch_size}, random translation ±{args.max_shift_px} px on training samples. "
         f"RCS α = {args.alpha_direct} (direct) / {args.alpha_conversion} (conversion).",
         "- Cutoff: Top-K β[t] calibrated on the training split (no augmentation, dropout 0.3 "
@@ -268,23 +270,47 @@ def validation_table(reports, seeds) -> list[str]:
     return [*lines, ""]
 
 
+def compare(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """Top-K point `a` against baseline point `b` (accuracy and mean steps on the test set)."""
+    da, ds = a["accuracy"] - b["accuracy"], a["mean_steps"] - b["mean_steps"]
+    detail = (
+        f"{pct(a['accuracy'])} % / {a['mean_steps']:.2f} vs {pct(b['accuracy'])} % / "
+        f"{b['mean_steps']:.2f}"
+    )
+    if da >= -1e-9 and ds <= 1e-9:
+        word = "tie" if abs(da) <= 1e-9 and abs(ds) <= 1e-9 else "Top-K better"
+    elif da <= 1e-9 and ds >= -1e-9:
+        word = "baseline better"
+    else:
+        word = "trade-off"
+    return f"{word} ({detail})"
+
+
 def target_section(reports, seeds) -> list[str]:
     lines = [
         "## Against the targets",
         "",
         f"Target: ≥ {TARGET_REDUCTION:g}x fewer timesteps at ≤ {TOLERANCE_PP} pp accuracy loss "
-        "(Top-K at ε = 0 against all T steps), and Top-K + RCS needing fewer steps than "
-        "max-softmax and entropy at the same accuracy (baselines tuned on test, see Setup).",
+        "against all T steps, and Top-K (+ RCS) needing fewer steps than max-softmax and entropy "
+        "at the same accuracy. Checked for Top-K at ε = 0 and at the ε chosen on validation. "
+        "Against the baselines twice: tuned on the test set to Top-K's accuracy (ε = 0), and each "
+        "rule at its own validation-chosen setting (accuracy % / mean steps, Top-K first).",
         "",
-        "| run | seed | ≥ 2x at ≤ 0.3 pp | fewer steps than max-softmax | fewer than entropy |",
-        "|---|---|---|---|---|",
+        "| run | seed | ε = 0: ≥ 2x at ≤ 0.3 pp | ε chosen on val.: ≥ 2x at ≤ 0.3 pp "
+        "| vs max-softmax, test-tuned | vs entropy, test-tuned | vs max-softmax, both on val. "
+        "| vs entropy, both on val. |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in RUNS:
         for s in seeds:
             r = reports[name][s]
+            chosen = r["chosen_on_validation"]
+            eps = chosen["topk"]["rule"]["epsilon"]
             lines.append(
-                f"| {LABELS[name]} | {s} | {verdict(r, 0.0)} | {beats(r, 0.0, 'confidence')} "
-                f"| {beats(r, 0.0, 'entropy')} |"
+                f"| {LABELS[name]} | {s} | {verdict(r, 0.0)} | ε {eps:.2f}: {verdict(r, eps)} "
+                f"| {beats(r, 0.0, 'confidence')} | {beats(r, 0.0, 'entropy')} "
+                f"| {compare(chosen['topk'], chosen['confidence'])} "
+                f"| {compare(chosen['topk'], chosen['entropy'])} |"
             )
     return [*lines, ""]
 
