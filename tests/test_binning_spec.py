@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from spikecut.errors import ConfigError
@@ -24,6 +25,12 @@ def test_json_round_trip_is_exact(spec: WindowSpec) -> None:
     data = json.loads(json.dumps(spec.to_dict()))
     assert WindowSpec.from_dict(data) == spec
     assert hash(WindowSpec.from_dict(data)) == hash(spec)
+
+
+def test_numpy_integers_become_plain_ints() -> None:
+    spec = WindowSpec(window_us=np.int64(10_000), clip=np.uint8(3), roi=np.array([0, 0, 4, 4]))
+    assert json.loads(json.dumps(spec.to_dict()))["window_us"] == 10_000
+    assert type(spec.clip) is int and spec.roi == (0, 0, 4, 4)
 
 
 def test_hot_pixels_are_normalised() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pickle
 import shutil
 import sys
@@ -23,7 +24,7 @@ from spikecut.sources.datasets import (
     first_per_class,
     load_splits,
     stratified_split,
-    translate_events,
+    translate_frames,
     write_recordings,
 )
 from spikecut.sources.events import EVENT_DTYPE, StreamInfo, check_events, make_events
@@ -163,41 +164,39 @@ def test_first_per_class_keeps_file_order():
     assert head.size == 18
 
 
-def shift_with_zero_fill(frames: np.ndarray, dx: int, dy: int) -> np.ndarray:
-    """The paper's augmentation on frames [..., H, W]: translate, fill the uncovered part with 0."""
-    out = np.zeros_like(frames)
-    height, width = frames.shape[-2:]
-    if abs(dx) < width and abs(dy) < height:
-        out[..., max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] = frames[
-            ..., max(-dy, 0) : height + min(-dy, 0), max(-dx, 0) : width + min(-dx, 0)
-        ]
-    return out
+def move_events(events: np.ndarray, dx: int, dy: int, width: int, height: int) -> np.ndarray:
+    """Reference: events moved by (dx, dy), those leaving the sensor dropped."""
+    x = events["x"].astype(np.int64) + dx
+    y = events["y"].astype(np.int64) + dy
+    keep = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+    return make_events(events["t"][keep], x[keep], y[keep], events["p"][keep])
 
 
-def test_translation_of_events_equals_zero_filled_translation_of_frames(digits):
+def test_translated_frames_equal_frames_of_translated_events(digits):
     events = digits.load(0)
     frames = count_frames(events, (34, 34, 2))
     for dx, dy in [(3, -2), (-7, 5), (0, 0), (40, 0), (-33, 33)]:
-        moved = count_frames(translate_events(events, dx, dy, 34, 34), (34, 34, 2))
-        np.testing.assert_array_equal(moved, shift_with_zero_fill(frames, dx, dy))
+        expected = count_frames(move_events(events, dx, dy, 34, 34), (34, 34, 2))
+        np.testing.assert_array_equal(translate_frames(frames, dx, dy), expected)
 
 
 def test_random_translate_is_bounded_and_seeded(digits):
-    events = digits.load(1)
+    frames = count_frames(digits.load(1), (34, 34, 2))
     shift = RandomTranslate(max_shift_px=4)
-    seen = set()
+    totals = set()
     for seed in range(40):
-        moved = shift(events, (34, 34, 2), np.random.default_rng(seed))
-        check_events(moved, 34, 34)
-        again = shift(events, (34, 34, 2), np.random.default_rng(seed))
-        np.testing.assert_array_equal(moved, again)
-        kept = np.isin(moved["t"], events["t"])
-        assert kept.all() and moved.size <= events.size
-        seen.add(moved.size)
-    assert len(seen) > 5
-    np.testing.assert_array_equal(
-        RandomTranslate(0)(events, (34, 34, 2), np.random.default_rng(0)), events
-    )
+        moved = shift(frames, np.random.default_rng(seed))
+        assert moved.shape == frames.shape and moved.dtype == frames.dtype
+        np.testing.assert_array_equal(moved, shift(frames, np.random.default_rng(seed)))
+        # A shift of at most 4 px in x and y: some placement of the original covers it.
+        assert any(
+            np.array_equal(moved, translate_frames(frames, dx, dy))
+            for dx in range(-4, 5)
+            for dy in range(-4, 5)
+        )
+        totals.add(int(moved.sum()))
+    assert len(totals) > 5
+    np.testing.assert_array_equal(RandomTranslate(0)(frames, np.random.default_rng(0)), frames)
 
 
 # --- emulated digits ------------------------------------------------------------------------------
@@ -296,6 +295,29 @@ def test_frames_dataset_feeds_a_dataloader_and_augments_training_only():
     assert len(shifted) > 1
     batch, labels = next(iter(torch.utils.data.DataLoader(train, batch_size=4)))
     assert batch.shape == (4, 5, 2, 34, 34) and labels.tolist() == small.train.labels[:4].tolist()
+
+
+def test_frames_dataset_with_the_pipelines_own_framing(digits, real_nmnist):
+    from spikecut.pipeline.binning import WindowSpec, frames_for_recording
+
+    preset = PRESETS["nmnist"]
+    spec = WindowSpec(n_bins=preset.timesteps, span_us=preset.span_us)
+    framing = functools.partial(frames_for_recording, spec=spec)
+    for dataset in (digits, real_nmnist):
+        frames_set = FramesDataset(dataset, framing)
+        frames, label = frames_set[4]
+        events = dataset.load(4)
+        assert frames.shape == (10, 2, 34, 34) and label == dataset.labels[4]
+        in_span = np.sum(events["t"] < events["t"][0] + preset.span_us)
+        assert frames.sum().item() == in_span
+        # The three saccades show up as three busy thirds of the bins.
+        per_bin = frames.sum(dim=(1, 2, 3)).numpy()
+        assert per_bin.min() >= 0 and per_bin[[1, 4, 8]].min() > per_bin[[0, 9]].max()
+    augmented = FramesDataset(digits, framing, RandomTranslate(5), seed=3)
+    rng = np.random.default_rng([3, 0, 4])
+    dx, dy = rng.integers(-5, 6, size=2)
+    expected = translate_frames(framing(digits.load(4), digits.sensor_size), int(dx), int(dy))
+    np.testing.assert_array_equal(augmented.frames(4), expected)
 
 
 def test_frames_dataset_rejects_framing_of_the_wrong_rank(digits):

@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_file_commands(commands)
     _add_view_command(commands)
+    _add_run_commands(commands)
     return parser
 
 
@@ -130,6 +131,171 @@ def _convert(args: argparse.Namespace) -> int:
     from spikecut.sources.commands import convert_command
 
     return convert_command(args)
+
+
+def _roi(text: str) -> tuple[int, int, int, int]:
+    """'82,2,476,476' -> (82, 2, 476, 476)."""
+    try:
+        roi = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        roi = ()
+    if len(roi) != 4 or min(roi) < 0 or min(roi[2:]) < 1:
+        raise argparse.ArgumentTypeError(f"expected X,Y,WIDTH,HEIGHT in pixels, got {text!r}")
+    return roi  # type: ignore[return-value]
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _add_run_commands(commands: argparse._SubParsersAction) -> None:
+    def run_options(sub: argparse.ArgumentParser, segments: list[str], default: str) -> None:
+        sub.add_argument(
+            "--model",
+            metavar="CKPT",
+            help="checkpoint directory (default: the embedded demo model)",
+        )
+        sub.add_argument(
+            "--segment",
+            choices=segments,
+            default=default,
+            help=f"when a classification starts and ends (default: {default})",
+        )
+        sub.add_argument(
+            "--activity-rate",
+            type=_positive_float,
+            default=10_000.0,
+            metavar="EV_PER_S",
+            help="activity segmentation: event rate that starts a segment (default 10000)",
+        )
+        sub.add_argument(
+            "--quiet-rate",
+            type=float,
+            metavar="EV_PER_S",
+            help="activity segmentation: below this rate the stream is quiet again "
+            "(default: half the activity rate)",
+        )
+        sub.add_argument(
+            "--quiet-windows",
+            type=_positive_int,
+            default=1,
+            metavar="N",
+            help="activity segmentation: quiet windows needed before the next segment (default 1)",
+        )
+        sub.add_argument(
+            "--sink",
+            action="append",
+            metavar="SPEC",
+            help="where decisions go: - (stdout, the default), a JSON-lines file path, or "
+            "mqtt[s]://[user:pass@]host[:port]/prefix; repeatable",
+        )
+        sub.add_argument("--mqtt", metavar="URL", help="also publish to this MQTT broker URL")
+        sub.add_argument(
+            "--stream-id",
+            action="append",
+            metavar="ID",
+            help="stream id, one per stream in order (default: INSTANCE.SOURCE)",
+        )
+        sub.add_argument(
+            "--instance",
+            metavar="NAME",
+            help="this process's name: its MQTT status topic and default stream-id prefix "
+            "(default: the host name)",
+        )
+        sub.add_argument(
+            "--roi",
+            type=_roi,
+            metavar="X,Y,W,H",
+            help="crop the sensor before binning (fits a bigger sensor to the network)",
+        )
+        sub.add_argument(
+            "--downsample", type=_positive_int, metavar="N", help="downsample the frames by N"
+        )
+        sub.add_argument(
+            "--no-cutoff",
+            action="store_true",
+            help="always run T timesteps (the baseline the cutoff is measured against)",
+        )
+        sub.add_argument(
+            "--threads", type=_positive_int, default=1, help="torch threads per step (default 1)"
+        )
+        sub.add_argument(
+            "--stats-interval",
+            type=float,
+            default=5.0,
+            metavar="S",
+            help="seconds between stats records on MQTT (0: only at the end; default 5)",
+        )
+
+    replay = commands.add_parser(
+        "replay", help="classify recordings: each file is a stream, decisions as they happen"
+    )
+    replay.add_argument(
+        "paths", nargs="+", metavar="PATH", help="event files (any readable format)"
+    )
+    replay.add_argument(
+        "--speed",
+        type=_positive_float,
+        help="pace the replay: 1 = real time, 10 = ten times faster (default: full speed)",
+    )
+    replay.add_argument("--loop", action="store_true", help="replay the files again and again")
+    replay.add_argument(
+        "--playlist",
+        action="store_true",
+        help="play the files one after another as a single stream (the dataset case)",
+    )
+    run_options(replay, ["recording", "fixed", "activity"], "recording")
+    replay.set_defaults(handler=_replay)
+
+    live = commands.add_parser(
+        "live", help="classify live streams (dv://, raw+tcp://, raw+pipe:, camera:, file:)"
+    )
+    live.add_argument(
+        "uris",
+        nargs="+",
+        metavar="URI",
+        help="dv://HOST:PORT, raw+tcp://HOST:PORT, raw+pipe:PATH, raw+stdin:, camera:[SERIAL], "
+        "file:PATH?speed=1&loop=true",
+    )
+    run_options(live, ["fixed", "activity"], "fixed")
+    live.set_defaults(handler=_live)
+
+    demo = commands.add_parser(
+        "demo", help="offline demo: the embedded model on emulated digits, in real time"
+    )
+    demo.add_argument("--model", metavar="CKPT", help="checkpoint (default: the embedded model)")
+    demo.add_argument("--mqtt", metavar="URL", help="also publish the decisions to MQTT")
+    demo.add_argument(
+        "--count", type=_positive_int, default=30, help="recordings to classify (default 30)"
+    )
+    demo.add_argument(
+        "--speed", type=_positive_float, default=1.0, help="replay speed (default 1: real time)"
+    )
+    demo.set_defaults(handler=_demo)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from spikecut.pipeline.app import replay_command
+
+    return replay_command(args)
+
+
+def _live(args: argparse.Namespace) -> int:
+    from spikecut.pipeline.app import live_command
+
+    return live_command(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from spikecut.pipeline.demo import demo_command
+
+    return demo_command(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,40 +53,45 @@ REJECT_REFRACTORY = 2
 REJECT_DENOISE = 3
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _filter_event(
     t: np.int64,
     x: np.int64,
     y: np.int64,
     width: np.int64,
-    height: np.int64,
-    hot: np.ndarray,
+    hot: np.ndarray | None,
     refractory_us: np.int64,
-    refractory_memory: np.ndarray,
+    refractory_memory: np.ndarray | None,
     filter_us: np.int64,
-    denoise_memory: np.ndarray,
+    denoise_memory: np.ndarray | None,
 ) -> int:
     """Apply hot-pixel mask, refractory and denoise to one in-sensor event; update the memories.
 
-    A filter is off when its array is empty. Coordinates must already be inside the sensor.
+    A filter is off when its array is None: Numba compiles it out, which works because these are
+    arguments of a compiled function (so no Numba-level inlining here). Arrays are indexed by
+    `padded_pixel`: a one-pixel border that never fires spares the neighbour test its bounds
+    checks. Coordinates must already be inside the sensor.
     """
-    pixel = y * width + x
-    if hot.shape[0] != 0 and hot[pixel] != 0:
-        return REJECT_HOT
-    if refractory_memory.shape[0] != 0:
+    stride = width + 2
+    pixel = (y + 1) * stride + x + 1
+    if hot is not None:  # noqa: SIM102 (Numba prunes only a bare `is None` test)
+        if hot[pixel] != 0:
+            return REJECT_HOT
+    if refractory_memory is not None:
         last = refractory_memory[pixel]
         refractory_memory[pixel] = t
         if t - last <= refractory_us:
             return REJECT_REFRACTORY
-    if denoise_memory.shape[0] != 0:
+    if denoise_memory is not None:
         denoise_memory[pixel] = t
         horizon = t - filter_us  # a neighbour supports t iff it fired after `horizon`
-        if not (
-            (x > 0 and denoise_memory[pixel - 1] > horizon)
-            or (x < width - 1 and denoise_memory[pixel + 1] > horizon)
-            or (y > 0 and denoise_memory[pixel - width] > horizon)
-            or (y < height - 1 and denoise_memory[pixel + width] > horizon)
-        ):
+        supported = (
+            (denoise_memory[pixel - 1] > horizon)
+            | (denoise_memory[pixel + 1] > horizon)
+            | (denoise_memory[pixel - stride] > horizon)
+            | (denoise_memory[pixel + stride] > horizon)
+        )
+        if not supported:
             return REJECT_DENOISE
     return KEEP
 
@@ -96,34 +101,47 @@ def _filter_chunk(
     events: np.ndarray,
     width: np.int64,
     height: np.int64,
-    hot: np.ndarray,
+    hot: np.ndarray | None,
     refractory_us: np.int64,
-    refractory_memory: np.ndarray,
+    refractory_memory: np.ndarray | None,
     filter_us: np.int64,
-    denoise_memory: np.ndarray,
-    keep: np.ndarray,
+    denoise_memory: np.ndarray | None,
+    out: np.ndarray,
     counts: np.ndarray,
 ) -> int:
-    """Mark kept events in `keep`; count rejections (outside, hot, refractory, denoise)."""
+    """Copy kept events to `out`, return how many; add rejections to `counts` (outside, hot,
+    refractory, denoise)."""
     n_kept = 0
+    outside = 0
+    rejected = np.zeros(4, dtype=np.int64)
     for i in range(events.shape[0]):
-        e = events[i]
+        e = events[np.uint64(i)]
         t = e.t
         x = np.int64(e.x)
         y = np.int64(e.y)
-        if x >= width or y >= height or e.p > 1 or t > T_LIMIT or t < -T_LIMIT:
-            counts[0] += 1
-            keep[i] = False
+        if (
+            (x >= width)
+            | (y >= height)
+            | (e.p > 1)
+            | (np.uint64(t + T_LIMIT) > np.uint64(2 * T_LIMIT))
+        ):
+            outside += 1
             continue
         outcome = _filter_event(
-            t, x, y, width, height, hot, refractory_us, refractory_memory, filter_us, denoise_memory
+            t, x, y, width, hot, refractory_us, refractory_memory, filter_us, denoise_memory
         )
-        keep[i] = outcome == KEEP
-        if outcome == KEEP:
-            n_kept += 1
-        else:
-            counts[outcome] += 1
+        out[np.uint64(n_kept)] = e  # written always, kept only if the count moves on
+        n_kept += outcome == KEEP
+        rejected[outcome] += 1
+    counts[0] += outside
+    for k in range(1, 4):
+        counts[k] += rejected[k]
     return n_kept
+
+
+def padded_pixels(width: int, height: int) -> int:
+    """Size of a per-pixel filter array: the sensor plus a one-pixel border."""
+    return (width + 2) * (height + 2)
 
 
 def check_duration(name: str, value: object, *, allow_zero: bool = False) -> int:
@@ -139,15 +157,15 @@ def check_duration(name: str, value: object, *, allow_zero: bool = False) -> int
 
 
 def hot_pixel_mask(hot_pixels: Iterable[Sequence[int]], width: int, height: int) -> np.ndarray:
-    """Flat uint8 mask (row-major, y * width + x) of the given (x, y) pixels; validated."""
-    mask = np.zeros(width * height, dtype=np.uint8)
+    """uint8 mask of the given (x, y) pixels in the padded layout `_filter_event` uses."""
+    mask = np.zeros(padded_pixels(width, height), dtype=np.uint8)
     for item in hot_pixels:
         if len(item) != 2:
             raise ConfigError(f"hot pixel {item!r} is not an (x, y) pair")
         x, y = item
         if not (0 <= int(x) < width and 0 <= int(y) < height):
             raise ConfigError(f"hot pixel ({x}, {y}) is outside the {width}x{height} sensor")
-        mask[int(y) * width + int(x)] = 1
+        mask[(int(y) + 1) * (width + 2) + int(x) + 1] = 1
     return mask
 
 
@@ -202,18 +220,15 @@ class EventFilter:
         hot_pixels: Iterable[Sequence[int]] = (),
     ) -> None:
         self.width, self.height = sensor_dims(sensor)
-        n_pixels = self.width * self.height
         self.filter_us = 0 if filter_us is None else check_duration("filter_us", filter_us)
         self.refractory_us = (
             0
             if refractory_us is None
             else check_duration("refractory_us", refractory_us, allow_zero=True)
         )
-        self._hot = hot_pixel_mask(hot_pixels, self.width, self.height)
-        if not self._hot.any():
-            self._hot = np.zeros(0, dtype=np.uint8)
-        self._refractory = np.full(n_pixels if refractory_us is not None else 0, NEVER)
-        self._denoise = np.full(n_pixels if filter_us is not None else 0, NEVER)
+        self._hot, self._refractory, self._denoise = filter_state(
+            self.width, self.height, hot_pixels, refractory_us is not None, filter_us is not None
+        )
         self._counts = np.zeros(4, dtype=np.int64)
 
     @property
@@ -222,14 +237,15 @@ class EventFilter:
 
     def reset(self) -> None:
         """Forget all history (start of a new, unrelated stream)."""
-        self._refractory.fill(NEVER)
-        self._denoise.fill(NEVER)
+        for memory in (self._refractory, self._denoise):
+            if memory is not None:
+                memory.fill(NEVER)
         self._counts.fill(0)
 
     def __call__(self, events: np.ndarray) -> np.ndarray:
         events = np.ascontiguousarray(as_events(events))
-        keep = np.empty(events.shape[0], dtype=np.bool_)
-        _filter_chunk(
+        out = np.empty_like(events)
+        n_kept = _filter_chunk(
             events,
             self.width,
             self.height,
@@ -238,10 +254,27 @@ class EventFilter:
             self._refractory,
             self.filter_us,
             self._denoise,
-            keep,
+            out,
             self._counts,
         )
-        return events[keep]
+        return out[:n_kept]
+
+
+def filter_state(
+    width: int,
+    height: int,
+    hot_pixels: Iterable[Sequence[int]],
+    refractory: bool,
+    denoise: bool,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """(hot mask, refractory memory, denoise memory) for `_filter_event`; None = filter off."""
+    hot = hot_pixel_mask(hot_pixels, width, height)
+    size = padded_pixels(width, height)
+    return (
+        hot if hot.any() else None,
+        np.full(size, NEVER) if refractory else None,
+        np.full(size, NEVER) if denoise else None,
+    )
 
 
 def denoise(events: np.ndarray, sensor: StreamInfo | tuple[int, ...], filter_us: int) -> np.ndarray:
@@ -269,6 +302,7 @@ def sensor_dims(sensor: StreamInfo | tuple[int, ...]) -> tuple[int, int]:
 
 __all__ = [
     "EventFilter",
+    "filter_state",
     "FilterCounts",
     "denoise",
     "hot_pixel_mask",

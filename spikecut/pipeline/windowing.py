@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -55,9 +55,12 @@ class StageStats:
     windows: int = 0  # delivered to the consumer
     events: int = 0  # counted into delivered windows
     wall_clock_windows: int = 0  # delivered windows closed by the wall clock
-    drops: Drops = field(
-        default_factory=Drops
-    )  # everything lost, by reason, including backpressure
+    _drops: Callable[[], Drops] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def drops(self) -> Drops:
+        """Everything lost so far, by reason, including backpressure and the end of stream."""
+        return Drops() if self._drops is None else self._drops()
 
 
 async def windows(
@@ -104,58 +107,69 @@ async def windows(
 
 
 class _Buffer:
-    """Bounded hand-over between the producer task and the consumer, with the drop policy."""
+    """Bounded hand-over between the producer task and the consumer, with the drop policy.
+
+    One producer, one consumer, one event loop: checks and updates never straddle an await, so
+    no lock is needed; each side parks on a future only when it must wait.
+    """
 
     def __init__(self, size: int, policy: str, builder: FrameBuilder, stats: StageStats) -> None:
         self._items: deque[Window] = deque()
         self._size = size
         self._policy = policy
-        self._builder = builder
         self._stats = stats
-        self._changed = asyncio.Condition()
+        stats._drops = lambda: builder.totals + self._backpressure
         self._pending = Drops()  # carried by discarded windows, owed to the next delivered one
         self._backpressure = Drops()  # cumulative
         self._closed = False
         self._error: BaseException | None = None
+        self._wake_consumer: asyncio.Future[None] | None = None
+        self._wake_producer: asyncio.Future[None] | None = None
+
+    @staticmethod
+    def _wake(future: asyncio.Future[None] | None) -> None:
+        if future is not None and not future.done():
+            future.set_result(None)
 
     async def put(self, window: Window) -> None:
-        async with self._changed:
-            if self._policy == "block":
-                await self._changed.wait_for(lambda: len(self._items) < self._size)
-            elif len(self._items) >= self._size:
-                old = self._items.popleft()
-                lost = Drops(backpressure_windows=1, backpressure_events=old.n_events)
-                self._pending = self._pending + old.drops + lost
-                self._backpressure = self._backpressure + lost
-            self._items.append(window)
-            self._changed.notify_all()
+        if self._policy == "block":
+            while len(self._items) >= self._size:
+                self._wake_producer = asyncio.get_running_loop().create_future()
+                await self._wake_producer
+        elif len(self._items) >= self._size:
+            old = self._items.popleft()
+            lost = Drops(backpressure_windows=1, backpressure_events=old.n_events)
+            self._pending = self._pending + old.drops + lost
+            self._backpressure = self._backpressure + lost
+        self._items.append(window)
+        if self._wake_consumer is not None and not self._wake_consumer.done():
+            self._wake(self._wake_consumer)
+            await asyncio.sleep(0)  # let a waiting consumer take it now, not after the chunk
 
     async def close(self, error: BaseException | None = None) -> None:
-        async with self._changed:
-            self._closed = True
-            self._error = error
-            self._changed.notify_all()
+        self._closed = True
+        self._error = error
+        self._wake(self._wake_consumer)
 
     async def get(self) -> Window | None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._items or self._closed)
-            if self._items:
-                window = self._items.popleft()
-                if self._pending != Drops():
-                    window = replace(window, drops=window.drops + self._pending)
-                    self._pending = Drops()
-                self._changed.notify_all()
-                stats = self._stats
-                stats.windows += 1
-                stats.events += window.n_events
-                stats.wall_clock_windows += window.closed_by_wall_clock
-                stats.drops = self._builder.totals + self._backpressure
-                return window
-            self._stats.drops = self._builder.totals + self._backpressure
-            if self._error is not None:
-                error, self._error = self._error, None
-                raise error
-            return None
+        while not self._items and not self._closed:
+            self._wake_consumer = asyncio.get_running_loop().create_future()
+            await self._wake_consumer
+        stats = self._stats
+        if self._items:
+            window = self._items.popleft()
+            self._wake(self._wake_producer)
+            if self._pending != Drops():
+                window = replace(window, drops=window.drops + self._pending)
+                self._pending = Drops()
+            stats.windows += 1
+            stats.events += window.n_events
+            stats.wall_clock_windows += window.closed_by_wall_clock
+            return window
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return None
 
 
 async def _produce(

@@ -60,7 +60,7 @@ __all__ = [
     "get_preset",
     "load_splits",
     "stratified_split",
-    "translate_events",
+    "translate_frames",
     "write_recordings",
 ]
 
@@ -725,27 +725,27 @@ def _splits(
 # --- augmentation ---------------------------------------------------------------------------------
 
 
-def translate_events(events: np.ndarray, dx: int, dy: int, width: int, height: int) -> np.ndarray:
-    """Events moved by (dx, dy) whole pixels; those that leave the sensor are dropped."""
-    x = events["x"].astype(np.int64) + int(dx)
-    y = events["y"].astype(np.int64) + int(dy)
-    keep = (x >= 0) & (x < width) & (y >= 0) & (y < height)
-    out = events[keep]  # a copy
-    out["x"] = x[keep]
-    out["y"] = y[keep]
+def translate_frames(frames: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """Frames [..., H, W] moved by (dx, dy) pixels: what leaves is lost, what is uncovered is 0."""
+    out = np.zeros_like(frames)
+    height, width = frames.shape[-2:]
+    if abs(dx) < width and abs(dy) < height:
+        out[..., max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] = frames[
+            ..., max(-dy, 0) : height + min(-dy, 0), max(-dx, 0) : width + min(-dx, 0)
+        ]
     return out
 
 
 @dataclass(frozen=True)
 class RandomTranslate:
-    """Training augmentation: shift a whole recording by a random offset in whole pixels.
+    """Training augmentation: shift all frames of a sample by one random offset, zero fill.
 
-    dx and dy are drawn uniformly from [-max_shift_px, max_shift_px]. It acts on events, before
-    framing: every timestep gets the same shift, events pushed off the sensor are dropped and the
-    uncovered border stays empty, so the frames equal the unshifted frames translated with zero
-    fill (the paper's augmentation) at a fraction of the cost. The random generator is passed in,
-    so `FramesDataset` can make every shift a function of (seed, epoch, sample) and runs with
-    several workers or processes stay reproducible.
+    dx and dy are drawn uniformly from [-max_shift_px, max_shift_px] (frame pixels). It acts on
+    frames [T, P, H, W], after framing, exactly as the paper does. Shifting events before framing
+    would look equivalent but is not: frames anchored at a sample's first event would move in time
+    whenever that event is pushed off the sensor. The generator is passed in so `FramesDataset`
+    can make every shift a function of (seed, epoch, sample), keeping runs with several workers or
+    processes reproducible.
     """
 
     max_shift_px: int = 25
@@ -754,11 +754,9 @@ class RandomTranslate:
         if self.max_shift_px < 0:
             raise ConfigError(f"RandomTranslate.max_shift_px must be >= 0, got {self.max_shift_px}")
 
-    def __call__(
-        self, events: np.ndarray, sensor_size: tuple[int, ...], rng: np.random.Generator
-    ) -> np.ndarray:
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         dx, dy = rng.integers(-self.max_shift_px, self.max_shift_px + 1, size=2)
-        return translate_events(events, dx, dy, sensor_size[0], sensor_size[1])
+        return translate_frames(frames, int(dx), int(dy))
 
 
 # --- torch adapter --------------------------------------------------------------------------------
@@ -803,16 +801,15 @@ class FramesDataset:
     def frames(self, index: int) -> np.ndarray:
         """The float32 frames of sample `index`, as numpy."""
         events = self.dataset.load(index)
-        sensor_size = self.dataset.sensor_size
-        if self.augment is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, index % len(self)])
-            events = self.augment(events, sensor_size, rng)
-        frames = np.asarray(self.framing(events, sensor_size))
+        frames = np.asarray(self.framing(events, self.dataset.sensor_size))
         if frames.ndim != 4:
             raise EventDataError(
                 f"{self.dataset.names[index]}: framing returned shape {frames.shape}, "
                 "expected [T, P, H, W]"
             )
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index % len(self)])
+            frames = self.augment(frames, rng)
         return np.ascontiguousarray(frames, dtype=np.float32)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:

@@ -31,6 +31,9 @@ from spikecut.sources.events import StreamInfo
 from spikecut.sources.files import open_reader
 from spikecut.sources.reader import DEFAULT_CHUNK_EVENTS, EventReader
 
+#: A paced replay releases the events that are due at most this often (seconds of wall time).
+_TICK_S = 0.001
+
 
 class FileSource:
     """An `EventSource` replaying a file or an open `EventReader` (see the module docstring).
@@ -157,21 +160,30 @@ class FileSource:
     async def _paced(
         self, chunk: np.ndarray, origin: tuple[int, float]
     ) -> AsyncIterator[np.ndarray]:
-        """Cut `chunk` into the parts due by now, sleeping until each next event is due."""
+        """Cut `chunk` into the parts due by now, sleeping until each next event is due.
+
+        Parts go out at most once per `_TICK_S` of wall time, with a sleep in between: on a dense
+        recording new events fall due while the consumer handles a part, and releasing them at
+        once would hand out slivers without ever letting the event loop run.
+        """
         clock = asyncio.get_running_loop()
         t_origin, wall_origin = origin
         us_per_s = 1e6 * self.speed
         t = chunk["t"]
         start = 0
         while start < t.size:
-            due_until = t_origin + (clock.time() - wall_origin) * us_per_s
+            now = clock.time()
+            due_until = t_origin + (now - wall_origin) * us_per_s
             stop = int(np.searchsorted(t, due_until, side="right"))
+            next_release = now
             if stop > start:
                 yield chunk[start:stop]
                 start = stop
-                continue
-            wait = (int(t[start]) - t_origin) / us_per_s - (clock.time() - wall_origin)
-            await asyncio.sleep(max(wait, 0.0))
+                if start == t.size:
+                    return
+                next_release = now + _TICK_S
+            due_at = wall_origin + (int(t[start]) - t_origin) / us_per_s
+            await asyncio.sleep(max(due_at, next_release) - clock.time())
 
 
 async def _decoded(reader: EventReader) -> AsyncIterator[np.ndarray]:
