@@ -64,13 +64,12 @@ from spikecut.models.cutoff import (
 )
 from spikecut.models.data import (
     FrameSet,
-    LazyFrames,
     augment_batch,
     dataset_splits,
     dataset_window_spec,
     frame_set,
+    lazy_frames,
     ordered_batches,
-    random_shifts,
 )
 from spikecut.models.distributed import (
     DistContext,
@@ -90,7 +89,13 @@ from spikecut.models.rcs import (
     snn_penalty,
 )
 from spikecut.pipeline.binning import WindowSpec
-from spikecut.sources.datasets import DatasetPreset, Splits, get_preset
+from spikecut.sources.datasets import (
+    DatasetPreset,
+    FramesDataset,
+    RandomTranslate,
+    Splits,
+    get_preset,
+)
 
 METHODS = ("direct", "conversion")
 LOSSES = ("tet", "mean")
@@ -232,10 +237,10 @@ def make_splits(config: TrainConfig) -> Splits:
 
 def split_frames(
     config: TrainConfig, splits: Splits, part: str, *, progress: bool = False
-) -> FrameSet | LazyFrames:
+) -> FrameSet | FramesDataset:
     dataset = getattr(splits, part)
     if config.cache == "lazy":
-        return LazyFrames(dataset, config.window_spec(), config.steps)
+        return lazy_frames(dataset, config.window_spec(), config.steps)
     return frame_set(dataset, config.window_spec(), config.steps, progress=progress)
 
 
@@ -362,7 +367,7 @@ def make_optimizer(
 
 def _outputs(
     net: StepNet,
-    data: FrameSet | LazyFrames,
+    data: FrameSet | FramesDataset,
     batch_size: int,
     transform: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
@@ -373,7 +378,7 @@ def _outputs(
     return collect_outputs(net, batches)
 
 
-def validation_metrics(net: StepNet, data: FrameSet | LazyFrames, batch_size: int) -> dict:
+def validation_metrics(net: StepNet, data: FrameSet | FramesDataset, batch_size: int) -> dict:
     """Accuracy at every t, at T, its mean over t, and the mean OCT of `net` on `data`."""
     y, labels = _outputs(net, data, batch_size)
     per_step = accuracy_per_step(y, labels)
@@ -543,7 +548,7 @@ def _train(
         device_ids = [context.device.index] if context.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
 
-    shift = config.shift_px
+    augment = RandomTranslate(config.shift_px) if config.shift_px else None
     epochs_run = 0
     for epoch in range(start_epoch, config.epochs):
         if stop_after is not None and epochs_run >= stop_after:
@@ -564,7 +569,7 @@ def _train(
             leave=False,
         )
         for indices, (frames, labels) in bar:
-            frames = augment_batch(frames, random_shifts(shift, config.seed, epoch, indices))
+            frames = augment_batch(frames, indices, augment, config.seed, epoch)
             x = frames.transpose(0, 1).to(context.device, dtype, non_blocking=True)
             labels = labels.to(context.device)
             recording = record_activations() if config.alpha > 0 else contextlib.nullcontext()
@@ -644,7 +649,7 @@ def _train(
     )
 
 
-def validation_metrics_ann(net: StepNet, data: FrameSet | LazyFrames, batch_size: int) -> float:
+def validation_metrics_ann(net: StepNet, data: FrameSet | FramesDataset, batch_size: int) -> float:
     """Accuracy of a QCFS ANN on each sample's mean frame (what it is trained on)."""
     y, labels = _outputs(net, data, batch_size, ann_input)
     return float((y[-1].argmax(dim=-1) == labels).double().mean())
@@ -656,8 +661,8 @@ def validation_metrics_ann(net: StepNet, data: FrameSet | LazyFrames, batch_size
 def finalize(
     config: TrainConfig,
     run_dir: Path,
-    train_data: FrameSet | LazyFrames,
-    val_data: FrameSet | LazyFrames,
+    train_data: FrameSet | FramesDataset,
+    val_data: FrameSet | FramesDataset,
     splits: Splits,
     command: str | None,
     progress: bool = False,
