@@ -16,7 +16,8 @@ BN-folded and calibrated (Top-K thresholds β[t] on the training split, without 
 dropout 0.3 after every spiking layer; one β vector per ε of the sweep in `extra["calibration"]`).
 
 Run directory (`out_dir`):
-- `train_config.json`: the `TrainConfig` (a resume must use the same one, epochs aside).
+- `train_config.json`: the `TrainConfig`; a resume must use the same one (the cosine schedule
+  depends on `epochs`; use `stop_after` to split a run).
 - `metrics.jsonl`: one JSON object per epoch (losses, accuracies, learning rate, seconds).
 - `last/`: `state-<epoch>/` (training weights as a checkpoint + `trainer.pt` with the optimizer,
   scheduler, epoch and RNG state, loaded with `weights_only=True`) and `last.json` naming it;
@@ -450,7 +451,7 @@ def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
         return
     saved = json.loads(path.read_text())
     ours = config.to_dict()
-    differ = sorted(k for k in ours if k not in ("epochs", "out_dir") and saved.get(k) != ours[k])
+    differ = sorted(k for k in ours if k != "out_dir" and saved.get(k) != ours[k])
     if differ:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {ours[k]!r}" for k in differ)
         raise ConfigError(
