@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from spikecut.models import (
     rcs_loss,
     record_activations,
 )
-from spikecut.models.data import LazyFrames, augment_batch, random_shifts, shift_frames
+from spikecut.models.data import augment_batch, sample_frames
 from spikecut.models.distributed import DistContext
 from spikecut.models.training import (
     EPSILONS,
@@ -33,7 +34,12 @@ from spikecut.models.training import (
     train,
 )
 from spikecut.pipeline.binning import WindowSpec
-from spikecut.sources.datasets import EmulatedDigits, write_recordings
+from spikecut.sources.datasets import (
+    EmulatedDigits,
+    FramesDataset,
+    RandomTranslate,
+    write_recordings,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -184,19 +190,25 @@ def test_epoch_batches_split_each_global_batch_over_processes():
         epoch_batches(70, 9, seed=0, epoch=0, context=DistContext(rank=0, world=2))
 
 
-def test_shifts_are_bounded_seeded_and_zero_filled():
-    shifts = random_shifts(3, seed=1, epoch=4, indices=range(200))
-    assert np.abs(shifts).max() == 3 and len({tuple(s) for s in shifts}) > 20
-    np.testing.assert_array_equal(shifts[10:20], random_shifts(3, 1, 4, range(10, 20)))
-    assert not random_shifts(0, 1, 4, range(5)).any()
-    frames = torch.arange(2 * 5 * 6, dtype=torch.float32).reshape(2, 5, 6)
-    moved = shift_frames(frames, 2, -1)
-    np.testing.assert_array_equal(moved[:, :4, 2:], frames[:, 1:, :4])
-    assert moved[:, 4, :].abs().sum() == 0 and moved[:, :, :2].abs().sum() == 0
-    assert shift_frames(frames, 6, 0).abs().sum() == 0
-    batch = frames[None].repeat(2, 1, 1, 1)[:, None]  # [B=2, T=1, 2, 5, 6]
-    out = augment_batch(batch, np.array([[0, 0], [2, -1]]))
-    assert torch.equal(out[0], batch[0]) and torch.equal(out[1, 0], moved)
+def test_training_shifts_are_the_datasets_random_translate(digits_folder, tmp_path):
+    config = tiny(digits_folder, tmp_path / "unused", limit=12, max_shift_px=3)
+    splits = make_splits(config)
+    cached = split_frames(config, splits, "train")
+    augment = RandomTranslate(3)
+    reference = FramesDataset(
+        splits.train,
+        partial(sample_frames, spec=config.window_spec(), timesteps=config.steps),
+        augment,
+        seed=5,
+    )
+    reference.set_epoch(2)
+    indices = [0, 3, 11]
+    frames, _ = cached.batch(indices)
+    shifted = augment_batch(frames, indices, augment, seed=5, epoch=2)
+    assert not torch.equal(shifted, frames)
+    for k, i in enumerate(indices):
+        np.testing.assert_array_equal(shifted[k].numpy(), reference.frames(i))
+    assert augment_batch(frames, indices, None, 5, 2) is frames
 
 
 def test_lazy_binning_trains_the_same_network_as_the_memory_cache(digits_folder, tmp_path):
@@ -205,7 +217,7 @@ def test_lazy_binning_trains_the_same_network_as_the_memory_cache(digits_folder,
     splits = make_splits(memory)
     cached = split_frames(memory, splits, "train")
     on_demand = split_frames(lazy, splits, "train")
-    assert isinstance(on_demand, LazyFrames) and len(on_demand) == len(cached) == 32
+    assert isinstance(on_demand, FramesDataset) and len(on_demand) == len(cached) == 32
     for i in (0, 7, 31):
         frames, label = on_demand[i]
         assert torch.equal(frames, cached[i][0]) and label == cached[i][1]

@@ -159,9 +159,11 @@ def render(args: argparse.Namespace, reports: dict[str, dict[int, dict[str, Any]
         "recordings' ~300 ms (three saccades). Raw 2-polarity counts.",
         f"- Network: `{args.arch}` (two 3x3/2 conv + BN + spiking layers, one linear output). "
         f"Direct training: LIF (θ 1, τ 0.5, hard reset), TET loss, {args.epochs_direct} epochs. "
-        f"Conversion: QCFS ANN (L = {args.qcfs_levels}) trained on the same frames "
-        f"({args.epochs_conversion} epochs, CE of the time-averaged output), converted to IF "
-        "neurons. SGD lr 0.1, momentum 0.9, weight decay 5e-4, cosine, batch "
+        f"Conversion: QCFS ANN (L = {args.qcfs_levels}, λ initialised at 8) trained on each "
+        f"sample's mean frame (T = 1, {args.epochs_conversion} epochs, cross-entropy), converted "
+        "to IF neurons (threshold λ, soft reset, start at λ/2) that integrate one window per step; "
+        "the best epoch is chosen on the converted SNN's validation accuracy. "
+        "SGD lr 0.1, momentum 0.9, weight decay 5e-4, cosine, batch "
         f"{args.batch_size}, random translation ±{args.max_shift_px} px on training samples. "
         f"RCS α = {args.alpha_direct} (direct) / {args.alpha_conversion} (conversion).",
         "- Cutoff: Top-K β[t] calibrated on the training split (no augmentation, dropout 0.3 "
@@ -177,7 +179,11 @@ def render(args: argparse.Namespace, reports: dict[str, dict[int, dict[str, Any]
         f"{args.threads} threads, latency with 1 thread, batch 1.",
         "",
     ]
-    lines += main_table(reports, seeds, 0.0, "Top-K at ε = 0 (the paper's default)")
+    lines += summary(reports, seeds)
+    lines += main_table(reports, seeds, 0.0, "Top-K at ε = 0 (the paper's config default)")
+    lines += main_table(
+        reports, seeds, 0.01, "Top-K at ε = 0.01 (the paper's evaluation scripts' setting)"
+    )
     lines += validation_table(reports, seeds)
     lines += target_section(reports, seeds)
     lines += timing_table(reports, seeds[0])
@@ -200,10 +206,131 @@ def render(args: argparse.Namespace, reports: dict[str, dict[int, dict[str, Any]
     return "\n".join(lines)
 
 
+def checkpoint_extra(report: dict[str, Any]) -> dict[str, Any]:
+    return json.loads((Path(report["checkpoint"]) / "config.json").read_text())["extra"]
+
+
+def best_row(report: dict[str, Any]) -> dict[str, Any]:
+    """The training log line of the selected epoch."""
+    log = Path(report["checkpoint"]).parent / "metrics.jsonl"
+    best = checkpoint_extra(report)["best_epoch"]
+    return next(
+        json.loads(line)
+        for line in log.read_text().splitlines()
+        if line.strip() and json.loads(line)["epoch"] == best
+    )
+
+
+def check_overhead_us(report: dict[str, Any]) -> float | None:
+    """Per-step cost of the Top-K check, estimated from the timed runs: (time of Top-K at ε = 0
+    − network time for its steps) / its steps, the network time per step being full / T."""
+    timing = report.get("timing")
+    if not timing or "topk@0.00" not in timing:
+        return None
+    per_step = timing["full"]["ms_per_sample"] / report["timesteps"]
+    row = timing["topk@0.00"]
+    return 1e3 * (row["ms_per_sample"] - per_step * row["mean_steps"]) / row["mean_steps"]
+
+
+def summary(reports, seeds) -> list[str]:
+    n = len(seeds)
+    mean = statistics.mean
+    lines = ["## Summary", ""]
+    for name in RUNS:
+        rs = [reports[name][s] for s in seeds]
+        acc_t = [r["accuracy_T"] for r in rs]
+        zero = [topk_row(r, 0.0) for r in rs]
+        chosen = [r["chosen_on_validation"]["topk"] for r in rs]
+        eps = [c["rule"]["epsilon"] for c in chosen]
+        zero_met = sum(verdict(r, 0.0).startswith("met") for r in rs)
+        one = [topk_row(r, 0.01) for r in rs]
+        one_met = sum(verdict(r, 0.01).startswith("met") for r in rs)
+        one_change = mean([o["accuracy"] - a for o, a in zip(one, acc_t, strict=True)])
+        chosen_met = sum(verdict(r, e).startswith("met") for r, e in zip(rs, eps, strict=True))
+        zero_change = mean([z["accuracy"] - a for z, a in zip(zero, acc_t, strict=True)])
+        chosen_change = mean([c["accuracy"] - a for c, a in zip(chosen, acc_t, strict=True)])
+        chosen_reduction = mean(
+            [r["timesteps"] / c["mean_steps"] for r, c in zip(rs, chosen, strict=True)]
+        )
+        chosen_steps = mean([c["mean_steps"] for c in chosen])
+        lines.append(
+            f"- **{LABELS[name]}**: {100 * mean(acc_t):.2f} % at T. Top-K ε = 0: "
+            f"{mean([z['mean_steps'] for z in zero]):.2f} mean steps "
+            f"({mean([z['reduction'] for z in zero]):.2f}x), {100 * zero_change:+.2f} pp, "
+            f"target met in {zero_met}/{n} seeds. ε = 0.01: "
+            f"{mean([o['mean_steps'] for o in one]):.2f} steps "
+            f"({mean([o['reduction'] for o in one]):.2f}x), {100 * one_change:+.2f} pp, met in "
+            f"{one_met}/{n}. ε chosen on validation "
+            f"({', '.join(f'{e:.2f}' for e in eps)}): {chosen_steps:.2f} "
+            f"steps ({chosen_reduction:.2f}x), {100 * chosen_change:+.2f} pp, target met in "
+            f"{chosen_met}/{n}. OCT oracle {mean([r['oct']['mean_steps'] for r in rs]):.2f} steps."
+        )
+    overheads = [check_overhead_us(reports[name][seeds[0]]) for name in RUNS]
+    overheads = [o for o in overheads if o is not None]
+    step_ms = [
+        reports[name][seeds[0]]["timing"]["full"]["ms_per_sample"]
+        / reports[name][seeds[0]]["timesteps"]
+        for name in RUNS
+        if "timing" in reports[name][seeds[0]]
+    ]
+    cal = checkpoint_extra(reports["tet-rcs"][seeds[0]])["calibration"]
+    direct = [reports[name][s] for name in ("tet", "tet-rcs") for s in seeds]
+    kept = sum(
+        abs(topk_row(r, 0.01)["accuracy"] - topk_row(r, 0.0)["accuracy"]) < 1e-12 for r in direct
+    )
+    ratios = [topk_row(r, 0.0)["mean_steps"] / topk_row(r, 0.01)["mean_steps"] for r in direct]
+    ann_best = statistics.mean(
+        max(json.loads(line)["val_ann_acc"] for line in log.read_text().splitlines() if line)
+        for log in (
+            Path(reports[name][s]["checkpoint"]).parent / "metrics.jsonl"
+            for name in ("qcfs", "qcfs-rcs")
+            for s in seeds
+        )
+    )
+    beta0 = cal["beta"][0]
+    lines += [
+        "",
+        "Reading the numbers:",
+        "",
+        f"- {100 / reports['tet'][seeds[0]]['samples']:.2f} pp is one test sample, so the 0.3 pp "
+        "tolerance means no loss at all; differences of one or two samples between rules are "
+        "noise, and so is most of the spread between seeds.",
+        "- ε = 0 is conservative by construction: β[t] must make *every* calibration sample above "
+        "it correct from t on, and calibration runs with dropout 0.3, under which "
+        f"{100 * (1 - cal['train_acc_T_with_dropout']):.1f} % of the training samples are wrong "
+        "at T (TET + RCS, seed "
+        f"{seeds[0]}). A few noisy samples with large gaps push β up, more so at later t as "
+        f"Y accumulates: β = [{', '.join(f'{b:.1f}' for b in beta0)}]. Allowing 1 % "
+        f"(ε = 0.01) keeps the test accuracy of ε = 0 in {kept}/{len(direct)} direct-training "
+        f"runs and divides their mean steps by {statistics.mean(ratios):.2f} on average.",
+        "- The test-tuned baselines see the test labels: each picks, among all thresholds, the "
+        "one that happens to cost nothing on these 199 samples. Under one protocol for every "
+        "rule (setting chosen on validation, no test data) Top-K, max-softmax and entropy land "
+        "within a fraction of a step of each other on the direct runs.",
+        "- Conversion: the QCFS ANN learns from each sample's mean frame and itself reaches only "
+        f"{100 * ann_best:.0f} % on validation (its best epoch, mean over the conversion runs; "
+        "direct training sees the frames in order). Its IF twin receives the events one window "
+        "at a time and fires at most once per step, so its output approaches the ANN's only "
+        "towards T (accuracy still rising at t = 10; OCT around 4 steps): few samples are safe "
+        "to stop early, whatever the rule. The epoch is selected on the converted SNN's "
+        "validation accuracy, which often peaks early while the ANN keeps improving "
+        "(`val_ann_acc` against `val_acc_T` in each run's `metrics.jsonl`).",
+    ]
+    if overheads and step_ms:
+        lines.append(
+            f"- Real early exit pays the rule's check every step: about "
+            f"{statistics.median(overheads):.0f} µs per check (median over runs) against "
+            f"{1e3 * statistics.median(step_ms):.0f} µs per network step of `nmnist_small` on "
+            "this machine, so the wall-clock gain is smaller than the step reduction (see "
+            "the timing table; timings on this shared machine are noisy, ratios within a run are "
+            "what counts)."
+        )
+    lines.append("")
+    return lines
+
+
 def first_split(reports: dict[str, dict[int, dict[str, Any]]]) -> str:
-    report = next(iter(next(iter(reports.values())).values()))
-    config = json.loads((Path(report["checkpoint"]) / "config.json").read_text())
-    s = config["extra"]["splits"]
+    s = checkpoint_extra(next(iter(next(iter(reports.values())).values())))["splits"]
     return f"{s['train']} train / {s['validation']} validation / {s['test']} test"
 
 
@@ -268,23 +395,49 @@ def validation_table(reports, seeds) -> list[str]:
     return [*lines, ""]
 
 
+def compare(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """Top-K point `a` against baseline point `b` (accuracy and mean steps on the test set)."""
+    da, ds = a["accuracy"] - b["accuracy"], a["mean_steps"] - b["mean_steps"]
+    detail = (
+        f"{pct(a['accuracy'])} % / {a['mean_steps']:.2f} vs {pct(b['accuracy'])} % / "
+        f"{b['mean_steps']:.2f}"
+    )
+    if da >= -1e-9 and ds <= 1e-9:
+        word = "tie" if abs(da) <= 1e-9 and abs(ds) <= 1e-9 else "Top-K better"
+    elif da <= 1e-9 and ds >= -1e-9:
+        word = "baseline better"
+    else:
+        word = "trade-off"
+    return f"{word} ({detail})"
+
+
 def target_section(reports, seeds) -> list[str]:
     lines = [
         "## Against the targets",
         "",
         f"Target: ≥ {TARGET_REDUCTION:g}x fewer timesteps at ≤ {TOLERANCE_PP} pp accuracy loss "
-        "(Top-K at ε = 0 against all T steps), and Top-K + RCS needing fewer steps than "
-        "max-softmax and entropy at the same accuracy (baselines tuned on test, see Setup).",
+        "against all T steps, and Top-K (+ RCS) needing fewer steps than max-softmax and entropy "
+        "at the same accuracy. Checked for Top-K at ε = 0, ε = 0.01 and the ε chosen on "
+        "validation. "
+        "Against the baselines twice: tuned on the test set to Top-K's accuracy (ε = 0), and each "
+        "rule at its own validation-chosen setting (accuracy % / mean steps, Top-K first).",
         "",
-        "| run | seed | ≥ 2x at ≤ 0.3 pp | fewer steps than max-softmax | fewer than entropy |",
-        "|---|---|---|---|---|",
+        "| run | seed | ε = 0: ≥ 2x at ≤ 0.3 pp | ε = 0.01 | ε chosen on val. "
+        "| vs max-softmax, test-tuned | vs entropy, test-tuned | vs max-softmax, both on val. "
+        "| vs entropy, both on val. |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in RUNS:
         for s in seeds:
             r = reports[name][s]
+            chosen = r["chosen_on_validation"]
+            eps = chosen["topk"]["rule"]["epsilon"]
             lines.append(
-                f"| {LABELS[name]} | {s} | {verdict(r, 0.0)} | {beats(r, 0.0, 'confidence')} "
-                f"| {beats(r, 0.0, 'entropy')} |"
+                f"| {LABELS[name]} | {s} | {verdict(r, 0.0)} | {verdict(r, 0.01)} "
+                f"| ε {eps:.2f}: {verdict(r, eps)} "
+                f"| {beats(r, 0.0, 'confidence')} | {beats(r, 0.0, 'entropy')} "
+                f"| {compare(chosen['topk'], chosen['confidence'])} "
+                f"| {compare(chosen['topk'], chosen['entropy'])} |"
             )
     return [*lines, ""]
 
@@ -341,27 +494,30 @@ def per_seed_table(reports, seeds) -> list[str]:
     lines = [
         "## Per seed (Top-K at ε = 0)",
         "",
-        "| run | seed | best epoch | val. acc. at T (%) | test acc. at T (%) | Top-K acc. (%) "
-        "| mean steps | reduction | OCT steps | training time (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "`ANN val.` is the QCFS ANN's validation accuracy at the selected epoch (conversion runs): "
+        "the gap to the SNN's is the conversion loss.",
+        "",
+        "| run | seed | best epoch | val. acc. at T (%) | ANN val. (%) | test acc. at T (%) "
+        "| Top-K acc. (%) | mean steps | reduction | OCT steps | training time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in RUNS:
         for s in seeds:
             r = reports[name][s]
-            ckpt = Path(r["checkpoint"])
-            extra = json.loads((ckpt / "config.json").read_text())["extra"]
-            seconds_path = ckpt.parent / "train_seconds.json"
+            extra = checkpoint_extra(r)
+            seconds_path = Path(r["checkpoint"]).parent / "train_seconds.json"
             seconds = (
                 f"{json.loads(seconds_path.read_text())['seconds']:.0f}"
                 if seconds_path.is_file()
                 else "?"
             )
+            ann = best_row(r).get("val_ann_acc")
             row = topk_row(r, 0.0)
             lines.append(
                 f"| {LABELS[name]} | {s} | {extra['best_epoch'] + 1} "
-                f"| {pct(extra['validation']['acc_T'])} | {pct(r['accuracy_T'])} "
-                f"| {pct(row['accuracy'])} | {row['mean_steps']:.2f} | {row['reduction']:.2f}x "
-                f"| {r['oct']['mean_steps']:.2f} | {seconds} |"
+                f"| {pct(extra['validation']['acc_T'])} | {'-' if ann is None else pct(ann)} "
+                f"| {pct(r['accuracy_T'])} | {pct(row['accuracy'])} | {row['mean_steps']:.2f} "
+                f"| {row['reduction']:.2f}x | {r['oct']['mean_steps']:.2f} | {seconds} |"
             )
     return [*lines, ""]
 

@@ -9,14 +9,16 @@ and calibrated on. A recording with fewer than T windows is padded with empty fr
 `dataset_window_spec` picks the spec for a dataset preset: T fixed windows of `span_us / T` from
 the first event where the preset fixes a span (N-MNIST, emulated digits, DVS128 Gesture), which a
 live stream can reproduce, else the paper's T equal bins over each recording's own duration (only
-possible offline). `frame_set` bins a whole split once into memory; `LazyFrames` bins on demand for
-datasets too large for that.
+possible offline). `frame_set` bins a whole split once into memory; `lazy_frames` bins on demand
+for datasets too large for that. Training augmentation is the datasets' `RandomTranslate` on
+frames (`augment_batch`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -24,7 +26,14 @@ from torch import Tensor
 
 from spikecut.errors import ConfigError
 from spikecut.pipeline.binning import WindowSpec, frames_for_recording
-from spikecut.sources.datasets import DatasetPreset, EventDataset, Splits, load_splits
+from spikecut.sources.datasets import (
+    DatasetPreset,
+    EventDataset,
+    FramesDataset,
+    RandomTranslate,
+    Splits,
+    load_splits,
+)
 from spikecut.sources.events import StreamInfo
 
 
@@ -136,27 +145,14 @@ def frame_set(
     return FrameSet(_compact(frames), labels, tuple(dataset.classes))
 
 
-class LazyFrames(torch.utils.data.Dataset):
-    """Bins samples on demand (for DataLoader workers): `(frames [T, P, H, W], label)`."""
-
-    def __init__(self, dataset: EventDataset, spec: WindowSpec, timesteps: int) -> None:
-        self.dataset = dataset
-        self.spec = spec
-        self.timesteps = timesteps
-        self.classes = tuple(dataset.classes)
-        self.labels = torch.as_tensor(np.asarray(dataset.labels), dtype=torch.long)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        events = self.dataset.load(index)
-        frames = sample_frames(events, self.dataset.info, self.spec, self.timesteps)
-        return torch.from_numpy(frames), int(self.labels[index])
+def lazy_frames(dataset: EventDataset, spec: WindowSpec, timesteps: int) -> FramesDataset:
+    """Samples binned on demand (for DataLoader workers, datasets too big for memory):
+    `(frames [T, P, H, W] float32, label)`, the same frames as `frame_set`."""
+    return FramesDataset(dataset, partial(sample_frames, spec=spec, timesteps=timesteps))
 
 
 def ordered_batches(
-    data: FrameSet | LazyFrames, batch_size: int, workers: int = 0
+    data: FrameSet | FramesDataset, batch_size: int, workers: int = 0
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """(frames [T, B, P, H, W], labels [B]) in dataset order, for evaluation and calibration."""
     if isinstance(data, FrameSet):
@@ -167,35 +163,20 @@ def ordered_batches(
         yield frames.transpose(0, 1), labels
 
 
-def shift_frames(frames: Tensor, dx: int, dy: int) -> Tensor:
-    """Frames [..., H, W] moved by (dx, dy) whole pixels with zero fill (the paper's DVS
-    augmentation: one shift for every timestep of a sample)."""
-    h, w = frames.shape[-2:]
-    out = torch.zeros_like(frames)
-    if abs(dx) >= w or abs(dy) >= h:
-        return out
-    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
-    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
-    out[..., yd, xd] = frames[..., ys, xs]
-    return out
-
-
-def random_shifts(max_shift_px: int, seed: int, epoch: int, indices: Sequence[int]) -> np.ndarray:
-    """Per-sample (dx, dy) in [-max, max], a function of (seed, epoch, sample index) only, so a
-    run gives the same shifts whatever the number of processes or a resume in between."""
-    out = np.zeros((len(indices), 2), dtype=np.int64)
-    if max_shift_px <= 0:
-        return out
-    for k, i in enumerate(indices):
-        rng = np.random.default_rng([seed, epoch, int(i)])
-        out[k] = rng.integers(-max_shift_px, max_shift_px + 1, size=2)
-    return out
-
-
-def augment_batch(frames: Tensor, shifts: np.ndarray) -> Tensor:
-    """Apply per-sample shifts to frames [B, T, P, H, W]."""
-    if not shifts.any():
+def augment_batch(
+    frames: Tensor,
+    indices: Sequence[int],
+    augment: RandomTranslate | None,
+    seed: int,
+    epoch: int,
+) -> Tensor:
+    """`augment` applied to each sample of frames [B, T, P, H, W] with a generator seeded from
+    (seed, epoch, sample index), as `FramesDataset` does: a run gets the same shifts whatever the
+    number of processes, workers or resumes."""
+    if augment is None or augment.max_shift_px == 0:
         return frames
-    return torch.stack(
-        [shift_frames(f, int(dx), int(dy)) for f, (dx, dy) in zip(frames, shifts, strict=True)]
-    )
+    out = [
+        torch.from_numpy(augment(f.numpy(), np.random.default_rng([seed, epoch, int(i)])))
+        for f, i in zip(frames, indices, strict=True)
+    ]
+    return torch.stack(out)

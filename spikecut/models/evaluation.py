@@ -46,9 +46,10 @@ from spikecut.models.cutoff import (
     rule_from_dict,
     softmax_entropy,
 )
-from spikecut.models.data import FrameSet, LazyFrames, dataset_splits, frame_set, ordered_batches
+from spikecut.models.data import FrameSet, dataset_splits, frame_set, ordered_batches
 from spikecut.models.network import StepNet
 from spikecut.pipeline.binning import WindowSpec
+from spikecut.sources.datasets import FramesDataset
 
 #: Rules the report compares, in plotting order.
 BASELINES = ("confidence", "entropy", "fixed")
@@ -58,7 +59,7 @@ EPSILONS = tuple(round(0.01 * i, 2) for i in range(10))
 
 def calibrate(
     net: StepNet,
-    data: FrameSet | LazyFrames,
+    data: FrameSet | FramesDataset,
     epsilons: Sequence[float] = EPSILONS,
     *,
     dropout: float = CALIBRATION_DROPOUT,

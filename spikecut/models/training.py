@@ -4,8 +4,9 @@
     net, config = load_checkpoint(result.checkpoint)   # BN folded, β[t] in config.cutoff
 
 Methods (method.md §4.1): "direct" trains the SNN (LIF) through time with the TET or mean loss;
-"conversion" trains a QCFS ANN on the same frames (each frame on its own, the time-averaged
-output in the loss) and converts it to an IF SNN. `alpha > 0` adds the RCS regulariser (§3).
+"conversion" trains a QCFS ANN on each sample's mean frame (T = 1, see `ann_input`) and converts
+it to an IF SNN that integrates the frames one window per step. `alpha > 0` adds the RCS
+regulariser (§3).
 
 Frames come from `spikecut.models.data` with the `WindowSpec` stored in the checkpoint, so the
 streaming pipeline sees exactly the training frames. Splits come from `load_splits`: model
@@ -15,7 +16,8 @@ BN-folded and calibrated (Top-K thresholds β[t] on the training split, without 
 dropout 0.3 after every spiking layer; one β vector per ε of the sweep in `extra["calibration"]`).
 
 Run directory (`out_dir`):
-- `train_config.json`: the `TrainConfig` (a resume must use the same one, epochs aside).
+- `train_config.json`: the `TrainConfig`; a resume must use the same one (the cosine schedule
+  depends on `epochs`; use `stop_after` to split a run).
 - `metrics.jsonl`: one JSON object per epoch (losses, accuracies, learning rate, seconds).
 - `last/`: `state-<epoch>/` (training weights as a checkpoint + `trainer.pt` with the optimizer,
   scheduler, epoch and RNG state, loaded with `weights_only=True`) and `last.json` naming it;
@@ -35,6 +37,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -62,13 +65,12 @@ from spikecut.models.cutoff import (
 )
 from spikecut.models.data import (
     FrameSet,
-    LazyFrames,
     augment_batch,
     dataset_splits,
     dataset_window_spec,
     frame_set,
+    lazy_frames,
     ordered_batches,
-    random_shifts,
 )
 from spikecut.models.distributed import (
     DistContext,
@@ -88,7 +90,13 @@ from spikecut.models.rcs import (
     snn_penalty,
 )
 from spikecut.pipeline.binning import WindowSpec
-from spikecut.sources.datasets import DatasetPreset, Splits, get_preset
+from spikecut.sources.datasets import (
+    DatasetPreset,
+    FramesDataset,
+    RandomTranslate,
+    Splits,
+    get_preset,
+)
 
 METHODS = ("direct", "conversion")
 LOSSES = ("tet", "mean")
@@ -230,10 +238,10 @@ def make_splits(config: TrainConfig) -> Splits:
 
 def split_frames(
     config: TrainConfig, splits: Splits, part: str, *, progress: bool = False
-) -> FrameSet | LazyFrames:
+) -> FrameSet | FramesDataset:
     dataset = getattr(splits, part)
     if config.cache == "lazy":
-        return LazyFrames(dataset, config.window_spec(), config.steps)
+        return lazy_frames(dataset, config.window_spec(), config.steps)
     return frame_set(dataset, config.window_spec(), config.steps, progress=progress)
 
 
@@ -279,7 +287,7 @@ def global_rcs_loss(records: ActivationRecords, outputs: Tensor, labels: Tensor)
     if all(isinstance(rec, SpikeRecord) for rec in layers):
         penalties = torch.stack([snn_penalty(rec) for rec in layers], dim=1)
         mask = snn_correct_mask(outputs, labels)
-        return reduce_penalties(gather_rows(penalties), gather_rows(mask))
+        return reduce_penalties(gather_rows(penalties), _gather_mask(mask))
     # ANN (QCFS) form, as rcs.ann_penalty: peak of ReLU(x) over the batch / per-sample RMS.
     peaks, rms = [], []
     for rec in layers:
@@ -289,7 +297,20 @@ def global_rcs_loss(records: ActivationRecords, outputs: Tensor, labels: Tensor)
     peak = gather_rows(torch.stack(peaks, dim=1)).max(dim=0).values  # [L]
     penalties = peak[None, :] / gather_rows(torch.stack(rms, dim=1))
     mask = (outputs.mean(dim=0).argmax(dim=-1) == labels).detach()
-    return reduce_penalties(penalties, gather_rows(mask))
+    return reduce_penalties(penalties, _gather_mask(mask))
+
+
+def _gather_mask(mask: Tensor) -> Tensor:
+    # as bytes: not every backend (NCCL) reduces booleans
+    return gather_rows(mask.to(torch.uint8)).bool()
+
+
+def ann_input(frames: Tensor) -> Tensor:
+    """What the QCFS ANN of a conversion sees: each sample's mean frame, [1, B, P, H, W] from
+    [T, B, P, H, W] (T = 1, the paper's ANN setting). Its IF twin integrates the same frames one
+    window per step, so after T steps its input is the ANN's input (times T), and a neuron with
+    threshold λ fires about T·(QCFS activation)/λ times."""
+    return frames.mean(dim=0, keepdim=True)
 
 
 def task_loss(config: TrainConfig, outputs: Tensor, labels: Tensor) -> Tensor:
@@ -345,14 +366,20 @@ def make_optimizer(
 # --- validation ----------------------------------------------------------------------------------
 
 
-def _outputs(net: StepNet, data: FrameSet | LazyFrames, batch_size: int) -> tuple[Tensor, Tensor]:
+def _outputs(
+    net: StepNet,
+    data: FrameSet | FramesDataset,
+    batch_size: int,
+    transform: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
     """Cumulative outputs and labels of `net` on `data`, frames in the network's precision."""
     dtype = next(net.parameters()).dtype
-    batches = ((f.to(dtype), labels) for f, labels in ordered_batches(data, batch_size))
+    transform = transform or (lambda frames: frames)
+    batches = ((transform(f.to(dtype)), labels) for f, labels in ordered_batches(data, batch_size))
     return collect_outputs(net, batches)
 
 
-def validation_metrics(net: StepNet, data: FrameSet | LazyFrames, batch_size: int) -> dict:
+def validation_metrics(net: StepNet, data: FrameSet | FramesDataset, batch_size: int) -> dict:
     """Accuracy at every t, at T, its mean over t, and the mean OCT of `net` on `data`."""
     y, labels = _outputs(net, data, batch_size)
     per_step = accuracy_per_step(y, labels)
@@ -424,7 +451,7 @@ def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
         return
     saved = json.loads(path.read_text())
     ours = config.to_dict()
-    differ = sorted(k for k in ours if k not in ("epochs", "out_dir") and saved.get(k) != ours[k])
+    differ = sorted(k for k in ours if k != "out_dir" and saved.get(k) != ours[k])
     if differ:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {ours[k]!r}" for k in differ)
         raise ConfigError(
@@ -522,7 +549,7 @@ def _train(
         device_ids = [context.device.index] if context.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
 
-    shift = config.shift_px
+    augment = RandomTranslate(config.shift_px) if config.shift_px else None
     epochs_run = 0
     for epoch in range(start_epoch, config.epochs):
         if stop_after is not None and epochs_run >= stop_after:
@@ -543,12 +570,12 @@ def _train(
             leave=False,
         )
         for indices, (frames, labels) in bar:
-            frames = augment_batch(frames, random_shifts(shift, config.seed, epoch, indices))
+            frames = augment_batch(frames, indices, augment, config.seed, epoch)
             x = frames.transpose(0, 1).to(context.device, dtype, non_blocking=True)
             labels = labels.to(context.device)
             recording = record_activations() if config.alpha > 0 else contextlib.nullcontext()
             with recording as records:
-                outputs = model(x)
+                outputs = model(ann_input(x) if config.method == "conversion" else x)
             task = task_loss(config, outputs, labels)
             reg = global_rcs_loss(records, outputs, labels) if config.alpha > 0 else task * 0
             loss = task + config.alpha * reg
@@ -566,7 +593,9 @@ def _train(
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         if context.distributed:
-            torch.distributed.all_reduce(sums)
+            totals = sums.to(context.device)  # NCCL reduces GPU tensors only
+            torch.distributed.all_reduce(totals)
+            sums = totals.cpu()
         epochs_run += 1
         if context.main:
             metrics = validation_metrics(deployable(config, net), val_data, config.batch_size)
@@ -621,9 +650,9 @@ def _train(
     )
 
 
-def validation_metrics_ann(net: StepNet, data: FrameSet | LazyFrames, batch_size: int) -> float:
-    """Accuracy of a QCFS ANN's time-averaged output (what it was trained on)."""
-    y, labels = _outputs(net, data, batch_size)
+def validation_metrics_ann(net: StepNet, data: FrameSet | FramesDataset, batch_size: int) -> float:
+    """Accuracy of a QCFS ANN on each sample's mean frame (what it is trained on)."""
+    y, labels = _outputs(net, data, batch_size, ann_input)
     return float((y[-1].argmax(dim=-1) == labels).double().mean())
 
 
@@ -633,8 +662,8 @@ def validation_metrics_ann(net: StepNet, data: FrameSet | LazyFrames, batch_size
 def finalize(
     config: TrainConfig,
     run_dir: Path,
-    train_data: FrameSet | LazyFrames,
-    val_data: FrameSet | LazyFrames,
+    train_data: FrameSet | FramesDataset,
+    val_data: FrameSet | FramesDataset,
     splits: Splits,
     command: str | None,
     progress: bool = False,
