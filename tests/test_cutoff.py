@@ -192,3 +192,27 @@ def test_calibration_input_checks():
         calibrate_topk(y, labels, epsilon=1.0)
     with pytest.raises(ValueError, match="labels"):
         calibrate_topk(y, labels[:3])
+
+
+def test_topk_online_score_matches_the_tensor_path_on_edge_values():
+    """The online Top-K gap (numpy fast path) equals `topk_gap` bit for bit: float32 rounding,
+    ties at the threshold, NaN and infinities, and float64 outputs."""
+    rows = [
+        [0.1, 0.3, 0.7],
+        [1e8, 1.0, 1e8 - 8],  # float32 subtraction rounds
+        [2.0, 2.0, 1.0],  # tie: gap 0
+        [float("nan"), 1.0, 0.0],
+        [float("inf"), 1.0, 0.0],
+        [float("-inf"), float("-inf"), 0.0],
+    ]
+    for dtype in (torch.float32, torch.float64):
+        y = torch.tensor(rows, dtype=dtype)
+        expected = topk_gap(y).double()
+        for row, gap in zip(y, expected, strict=True):
+            at = float(gap) if torch.isfinite(gap) else 0.0
+            for beta in (at, math.nextafter(at, -math.inf)):  # on the threshold, just above it
+                rule = TopKRule([beta, beta])
+                check = rule.should_stop(1, row)
+                assert check.score == float(gap) or (math.isnan(check.score) and gap.isnan())
+                offline = rule.stop_steps(torch.stack([row, row])[:, None])
+                assert (1 if check.stop else 2) == int(offline[0]), (row, dtype, beta)

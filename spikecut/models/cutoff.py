@@ -18,6 +18,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,6 +28,7 @@ from spikecut.models.neurons import calibration_dropout
 
 CALIBRATION_DROPOUT = 0.3
 GRID_POINTS = 100
+_NUMPY_FLOATS = (torch.float32, torch.float64)
 
 
 def topk_gap(y: Tensor) -> Tensor:
@@ -106,12 +108,16 @@ class CutoffRule:
         if y_t.dim() != 1:
             raise ValueError(f"y_t must be one stream's Y(t) [classes], got {list(y_t.shape)}")
         forced = t >= self.timesteps
-        score = self._score(y_t.detach()[None])
+        score = self._online_score(y_t.detach())
         if t > self.timesteps:
-            return StopCheck(True, True, float(score[0]), math.nan)
+            return StopCheck(True, True, score, math.nan)
         threshold = self._threshold(t)
-        crossed = bool(self._crossed(score, torch.tensor(threshold, dtype=torch.float64))[0])
-        return StopCheck(crossed or forced, forced and not crossed, float(score[0]), threshold)
+        crossed = bool(self._crossed(score, threshold))  # float64 on both sides, as offline
+        return StopCheck(crossed or forced, forced and not crossed, score, threshold)
+
+    def _online_score(self, y_t: Tensor) -> float:
+        """`_score` of one stream's Y(t) as a Python float (float64, like the tensor path)."""
+        return float(self._score(y_t[None])[0])
 
     def stop_steps(self, y: Tensor) -> Tensor:
         """Vectorised `should_stop` over stored cumulative outputs y [T, N, C] → [N] (1-based)."""
@@ -147,6 +153,14 @@ class TopKRule(CutoffRule):
 
     def _score(self, y: Tensor) -> Tensor:
         return topk_gap(y).double()
+
+    def _online_score(self, y_t: Tensor) -> float:
+        # Checked after every step of every stream: numpy on 10-odd classes costs ~1 µs against
+        # ~15 µs of torch dispatch. Same two values subtracted in the same dtype as `topk_gap`.
+        if y_t.device.type != "cpu" or y_t.dtype not in _NUMPY_FLOATS or y_t.shape[0] < 2:
+            return super()._online_score(y_t)
+        top = np.sort(y_t.numpy())
+        return float(top[-1] - top[-2])
 
     def _threshold(self, t: int) -> float:
         return self.beta[t - 1]
