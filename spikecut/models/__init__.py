@@ -33,6 +33,7 @@ from spikecut.models.cutoff import (
     evaluate_stops,
     oct_steps,
     rule_from_dict,
+    stream_gap,
     topk_gap,
 )
 from spikecut.models.losses import mean_ce_loss, tet_loss
@@ -93,6 +94,7 @@ __all__ = [
     "record_activations",
     "rule_from_dict",
     "save_checkpoint",
+    "stream_gap",
     "tet_loss",
     "topk_gap",
 ]

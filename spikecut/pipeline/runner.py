@@ -78,7 +78,7 @@ from spikecut.models import (
     StepNet,
     fold_batchnorm,
     load_checkpoint,
-    topk_gap,
+    stream_gap,
 )
 from spikecut.pipeline.binning import FrameBuilder, Window, WindowSpec
 from spikecut.pipeline.decision import (
@@ -216,7 +216,7 @@ class StreamModel:
             _, state = self.net.step(x, state, count_ops=True)
             y = state.y[0]
             t = state.t
-            gap = float(topk_gap(y))
+            gap = stream_gap(y)
             label = int(y.argmax())
             ops = state.ops
             synops = float(ops.ac.sum() + ops.mac.sum()) if ops is not None else 0.0
