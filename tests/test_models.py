@@ -291,6 +291,38 @@ def test_multistep_ops_match_single_step_ops_and_unfold_count():
     assert torch.equal(independent, ops.ac[0])
 
 
+@pytest.mark.parametrize(
+    "conv",
+    [
+        dict(kernel_size=4, stride=4),  # 34 px: the last 2 rows/columns feed no output
+        dict(kernel_size=3, stride=2, padding=1),
+        dict(kernel_size=3, stride=3, padding=2, dilation=2),
+        dict(kernel_size=(2, 5), stride=(1, 2), padding=(0, 2)),
+    ],
+)
+def test_spike_accumulates_match_an_unfold_count_for_any_conv_geometry(conv):
+    """The per-layer count comes from a cached coverage map; check it against counting every
+    non-zero (input, weight) pair of the unfolded input, over two geometries of the same conv."""
+    torch.manual_seed(7)
+    first = nn.Conv2d(3, 3, 1)  # identity: the first weight layer is always counted as MACs
+    with torch.no_grad():
+        first.weight.copy_(torch.eye(3)[:, :, None, None])
+        first.bias.zero_()
+    layer = nn.Conv2d(3, 5, **conv)
+    body = nn.Sequential(first, SpikingNeuron(NeuronConfig(kind="if")), layer, nn.Flatten())
+    for size in ((34, 34), (20, 27)):
+        x = (torch.rand(2, 3, *size) < 0.3).float() * 2
+        with torch.no_grad():
+            classes = layer(x).flatten(1).shape[1]
+            net = StepNet(body, input_shape=(3, *size), num_classes=classes, spec={"arch": "t"})
+            _, state = net.step(x, net.init_state(), count_ops=True)
+        spikes = x >= 1  # IF, θ = 1, from rest: the input's non-zero pixels spike
+        cols = F.unfold(
+            spikes.float(), layer.kernel_size, layer.dilation, layer.padding, layer.stride
+        )
+        assert state.ops.ac.tolist() == ((cols != 0).sum(dim=(1, 2)) * 5).tolist(), size
+
+
 def test_losses():
     torch.manual_seed(5)
     o = torch.randn(4, 3, 5, dtype=torch.float64)

@@ -102,18 +102,44 @@ def _count_ops_hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor)
         fan_in = module.weight[0].numel()
         run.ops["mac"] += output[0].numel() * fan_in
         return
-    active = (x != 0).to(x.dtype)
+    active = x != 0
     if isinstance(module, nn.Linear):
         reached = active.sum(dim=-1, dtype=torch.float64)
         fan_out = module.out_features
     else:
         assert module.groups == 1, "synaptic-op count assumes groups=1 convolutions"
-        ones = x.new_ones(1, module.in_channels, *module.kernel_size)
-        padding = module.padding if module.padding_mode == "zeros" else 0
-        receptive = F.conv2d(active, ones, None, module.stride, padding, module.dilation)
-        reached = receptive.sum(dim=(1, 2, 3), dtype=torch.float64)
+        per_pixel = active.sum(dim=1, dtype=torch.float64).flatten(1)  # [N, H·W]
+        reached = per_pixel @ _coverage(module, output.shape[-2:], x.shape[-2:], x.device)
         fan_out = module.out_channels
     run.ops["ac"] += reached.round().long() * fan_out
+
+
+def _coverage(
+    conv: nn.Conv2d, out_hw: torch.Size, in_hw: torch.Size, device: torch.device
+) -> Tensor:
+    """How many output positions each input pixel feeds, [H·W] float64: a spike's accumulates
+    are this times the output channels. It depends only on the geometry, so it is computed once
+    (a transposed convolution of ones) instead of convolving every step's spikes again."""
+    key = (tuple(out_hw), tuple(in_hw), device)
+    cached = getattr(conv, "_spikecut_coverage", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    padding = conv.padding if conv.padding_mode == "zeros" else (0, 0)
+    sizes = [
+        (o - 1) * s - 2 * p + d * (k - 1) + 1
+        for o, s, p, d, k in zip(
+            out_hw, conv.stride, padding, conv.dilation, conv.kernel_size, strict=True
+        )
+    ]
+    # input rows/columns that no window reaches:
+    extra = [i - size for i, size in zip(in_hw, sizes, strict=True)]
+    ones_out = torch.ones(1, 1, *out_hw, dtype=torch.float64, device=device)
+    ones_kernel = torch.ones(1, 1, *conv.kernel_size, dtype=torch.float64, device=device)
+    coverage = F.conv_transpose2d(
+        ones_out, ones_kernel, None, conv.stride, padding, extra, 1, conv.dilation
+    ).flatten()
+    conv._spikecut_coverage = (key, coverage)
+    return coverage
 
 
 class StepNet(nn.Module):
