@@ -156,6 +156,7 @@ def test_conversion_trains_a_qcfs_ann_and_ships_its_if_twin(digits_folder, tmp_p
     assert net.spec.get("converted_from") == "qcfs" and net.spec["bn_folded"]
     assert net.spec["kwargs"]["neuron"]["kind"] == "if"
     assert ckpt.extra["method"] == "conversion" and ckpt.extra["loss"] == "mean"
+    assert ckpt.extra["training"]["ann_frames"] == "prefix"  # the ANN saw prefix means
     assert 0 <= log_rows(result.run_dir)[0]["val_ann_acc"] <= 1
     assert isinstance(ckpt.cutoff_rule(), TopKRule)
 

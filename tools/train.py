@@ -19,6 +19,7 @@ import shlex
 import sys
 
 from spikecut.models.training import (
+    ANN_FRAMES,
     CACHES,
     LOSSES,
     METHODS,
@@ -40,6 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--method", choices=METHODS, default=defaults.method)
     p.add_argument("--loss", choices=LOSSES, default=defaults.loss, help="direct training loss")
     p.add_argument("--qcfs-levels", type=int, default=defaults.qcfs_levels, help="QCFS L")
+    p.add_argument(
+        "--ann-frames",
+        choices=ANN_FRAMES,
+        help="conversion: train the ANN on prefix means (default) or on the mean of all T",
+    )
     p.add_argument("--alpha", type=float, default=0.0, help="RCS weight (0: no RCS)")
     p.add_argument("--timesteps", type=int, help="T (default: the dataset preset's)")
     p.add_argument("--window-us", type=int, help="fixed window per step (default: span / T)")
@@ -78,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         method=args.method,
         loss=args.loss,
         qcfs_levels=args.qcfs_levels,
+        ann_frames=args.ann_frames,
         alpha=args.alpha,
         timesteps=args.timesteps,
         window_us=args.window_us,

@@ -4,9 +4,15 @@
     net, config = load_checkpoint(result.checkpoint)   # BN folded, β[t] in config.cutoff
 
 Methods (method.md §4.1): "direct" trains the SNN (LIF) through time with the TET or mean loss;
-"conversion" trains a QCFS ANN on each sample's mean frame (T = 1, see `ann_input`) and converts
-it to an IF SNN that integrates the frames one window per step. `alpha > 0` adds the RCS
-regulariser (§3).
+"conversion" trains a QCFS ANN (T = 1: one frame per sample) and converts it to an IF SNN that
+integrates the frames one window per step. `alpha > 0` adds the RCS regulariser (§3).
+
+What the ANN of a conversion is fed (`ann_frames`, see `ann_input`): its IF twin's firing rates
+after t steps approximate the ANN on the mean of the first t windows, and the cutoff reads the
+SNN at every t. "prefix" (the default) trains the ANN on the mean of the first t windows with t
+drawn uniformly from 1..T per sample and epoch, so the ANN is right on what the SNN has seen at
+every step; "mean" (the plain setting) trains on the mean of all T windows only, and its SNN
+then sees unfamiliar inputs until t nears T (see docs/RESULTS.md for the measured difference).
 
 Frames come from `spikecut.models.data` with the `WindowSpec` stored in the checkpoint, so the
 streaming pipeline sees exactly the training frames. Splits come from `load_splits`: model
@@ -37,11 +43,12 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
@@ -103,6 +110,7 @@ LOSSES = ("tet", "mean")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
 CACHES = ("memory", "lazy")
+ANN_FRAMES = ("prefix", "mean")
 PRECISIONS = ("float32", "float64")
 #: The paper's network per dataset (method §4.3), and the small net for 34x34 digits.
 DEFAULT_ARCH = {
@@ -123,7 +131,10 @@ class TrainConfig:
     default; None picks the cheapest ε of the sweep that loses no accuracy on the validation
     split. `precision` "float64" trains in double precision (the final checkpoint is float32
     either way): spikes turn rounding differences into different spikes, so comparing two ways
-    of computing the same run (N processes against one) needs it."""
+    of computing the same run (N processes against one) needs it. `ann_frames` is what a
+    conversion's ANN is trained on ("prefix" or "mean", see the module docstring); it stays None
+    for direct training, and a conversion config saved before the field existed reads as "mean"
+    (what those runs were trained on)."""
 
     dataset: str = "emulated-digits"
     root: str | None = None
@@ -131,6 +142,7 @@ class TrainConfig:
     method: str = "direct"
     loss: str = "tet"
     qcfs_levels: int = 4
+    ann_frames: str | None = None
     alpha: float = 0.0
     timesteps: int | None = None
     window_us: int | None = None
@@ -169,6 +181,17 @@ class TrainConfig:
         for name, value, allowed in checks:
             if value not in allowed:
                 raise ConfigError(f"TrainConfig.{name}={value!r}: expected one of {allowed}")
+        if self.method == "conversion":
+            if self.ann_frames is None:
+                self.ann_frames = ANN_FRAMES[0]
+            if self.ann_frames not in ANN_FRAMES:
+                raise ConfigError(
+                    f"TrainConfig.ann_frames={self.ann_frames!r}: expected one of {ANN_FRAMES}"
+                )
+        elif self.ann_frames is not None:
+            raise ConfigError(
+                f"TrainConfig.ann_frames={self.ann_frames!r} applies to method 'conversion' only"
+            )
         get_preset(self.dataset)
         if self.arch is None:
             self.arch = DEFAULT_ARCH[self.dataset]
@@ -208,6 +231,8 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"TrainConfig has no field(s) {unknown}")
+        if data.get("method") == "conversion" and "ann_frames" not in data:
+            data = {**data, "ann_frames": "mean"}  # saved before prefix training existed
         return cls(**data)
 
 
@@ -305,12 +330,39 @@ def _gather_mask(mask: Tensor) -> Tensor:
     return gather_rows(mask.to(torch.uint8)).bool()
 
 
-def ann_input(frames: Tensor) -> Tensor:
-    """What the QCFS ANN of a conversion sees: each sample's mean frame, [1, B, P, H, W] from
-    [T, B, P, H, W] (T = 1, the paper's ANN setting). Its IF twin integrates the same frames one
-    window per step, so after T steps its input is the ANN's input (times T), and a neuron with
-    threshold λ fires about T·(QCFS activation)/λ times."""
-    return frames.mean(dim=0, keepdim=True)
+def ann_input(frames: Tensor, lengths: Tensor | None = None) -> Tensor:
+    """What the QCFS ANN of a conversion sees: one frame per sample, [1, B, P, H, W] from
+    [T, B, P, H, W] (T = 1, the paper's ANN setting). Without `lengths`, each sample's mean frame
+    over all T windows; with `lengths` [B] (each in 1..T), the mean of its first lengths[b]
+    windows.
+
+    Its IF twin integrates the same frames one window per step: after t steps a layer's input has
+    summed t windows, so its neurons fire about t·QCFS(mean of those windows)/λ times, and the
+    SNN's cumulative output at t follows the ANN on the mean of the first t windows. Training on
+    such prefix means (`prefix_lengths`) teaches the ANN what the SNN sees at every step."""
+    if lengths is None:
+        return frames.mean(dim=0, keepdim=True)
+    steps = frames.shape[0]
+    lengths = lengths.to(frames.device)
+    if lengths.shape != frames.shape[1:2] or lengths.min() < 1 or lengths.max() > steps:
+        raise ConfigError(f"ann_input: lengths must be [B] values in 1..{steps}, got {lengths}")
+    shape = (1, -1, *([1] * (frames.dim() - 2)))
+    keep = torch.arange(steps, device=frames.device)[:, None] < lengths[None, :]  # [T, B]
+    keep = keep.to(frames.dtype).reshape(steps, *shape[1:])
+    return (frames * keep).sum(dim=0, keepdim=True) / lengths.to(frames.dtype).reshape(shape)
+
+
+def prefix_lengths(indices: Sequence[int], steps: int, seed: int, epoch: int) -> Tensor:
+    """A prefix length per sample, uniform in 1..steps, from a generator seeded by (seed, epoch,
+    sample index) as `augment_batch` does (a separate stream from its shifts): the same lengths
+    whatever the number of processes or resumes."""
+    return torch.tensor(
+        [
+            int(np.random.default_rng([seed, epoch, int(i), 1]).integers(1, steps + 1))
+            for i in indices
+        ],
+        dtype=torch.long,
+    )
 
 
 def task_loss(config: TrainConfig, outputs: Tensor, labels: Tensor) -> Tensor:
@@ -449,7 +501,7 @@ def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
     path = run_dir / "train_config.json"
     if not path.is_file():
         return
-    saved = json.loads(path.read_text())
+    saved = TrainConfig.from_dict(json.loads(path.read_text())).to_dict()
     ours = config.to_dict()
     differ = sorted(k for k in ours if k != "out_dir" and saved.get(k) != ours[k])
     if differ:
@@ -575,7 +627,13 @@ def _train(
             labels = labels.to(context.device)
             recording = record_activations() if config.alpha > 0 else contextlib.nullcontext()
             with recording as records:
-                outputs = model(ann_input(x) if config.method == "conversion" else x)
+                if config.method == "conversion":
+                    lengths = None
+                    if config.ann_frames == "prefix":
+                        lengths = prefix_lengths(indices, config.steps, config.seed, epoch)
+                    outputs = model(ann_input(x, lengths))
+                else:
+                    outputs = model(x)
             task = task_loss(config, outputs, labels)
             reg = global_rcs_loss(records, outputs, labels) if config.alpha > 0 else task * 0
             loss = task + config.alpha * reg
@@ -651,7 +709,8 @@ def _train(
 
 
 def validation_metrics_ann(net: StepNet, data: FrameSet | FramesDataset, batch_size: int) -> float:
-    """Accuracy of a QCFS ANN on each sample's mean frame (what it is trained on)."""
+    """Accuracy of a QCFS ANN on each sample's mean frame over all T windows (what its SNN's
+    rates approach at T)."""
     y, labels = _outputs(net, data, batch_size, ann_input)
     return float((y[-1].argmax(dim=-1) == labels).double().mean())
 
