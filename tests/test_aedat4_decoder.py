@@ -29,30 +29,30 @@ REAL = {
 
 
 @pytest.mark.parametrize("name", sorted(REAL))
-def test_real_recording_equals_aedat_in_every_packet(real_data, name):
+@pytest.mark.parametrize("chunk_events", [65_536, 1000])
+def test_real_recording_equals_aedat_in_every_chunk(real_data, name, chunk_events):
+    """Consecutive packets fill each chunk: all are full but the last, and each holds exactly
+    aedat's events at its place in the stream."""
     aedat = pytest.importorskip("aedat")
     path = real_data / "aedat4" / name
     decoder = aedat.Decoder(str(path))
     (stream,) = [i for i, s in decoder.id_to_stream().items() if s["type"] == "events"]
-    packets = [p["events"] for p in decoder if p["stream_id"] == stream and len(p["events"])]
-    with Aedat4Reader(path) as reader:
+    bare = np.concatenate([p["events"] for p in decoder if p["stream_id"] == stream])
+    with Aedat4Reader(path, chunk_events=chunk_events) as reader:
         assert reader.compression == "LZ4"
         chunks = list(reader)
-    assert len(chunks) == len(packets)  # one chunk per packet (all under 65,536 events)
-    for chunk, packet in zip(chunks, packets, strict=True):
+    assert [c.size for c in chunks[:-1]] == [chunk_events] * (len(chunks) - 1)
+    first = 0
+    for chunk in chunks:
+        packet = bare[first : first + chunk.size]
         np.testing.assert_array_equal(chunk["t"], packet["t"].astype(np.int64))
         np.testing.assert_array_equal(chunk["x"], packet["x"])
         np.testing.assert_array_equal(chunk["y"], packet["y"])
         np.testing.assert_array_equal(chunk["p"], packet["on"].astype(np.uint8))
+        first += chunk.size
     n, t_first, t_last = REAL[name]
-    assert sum(c.size for c in chunks) == n
+    assert first == bare.size == n
     assert (chunks[0]["t"][0], chunks[-1]["t"][-1]) == (t_first, t_last)
-
-    # Packets split into chunks of the reader's size give the same events.
-    with Aedat4Reader(path, chunk_events=1000) as reader:
-        small = list(reader)
-    assert max(c.size for c in small) == 1000
-    assert np.concatenate(small).tobytes() == np.concatenate(chunks).tobytes()
 
 
 @pytest.mark.parametrize("compression", ["NONE", "LZ4", "LZ4_HIGH", "ZSTD", "ZSTD_HIGH"])
@@ -154,6 +154,7 @@ def test_damaged_flatbuffer_is_our_error_at_the_packet(tmp_path, position, layou
     ):
         chunks.extend(reader)
     # Every event before the damaged packet was delivered, and a lenient read keeps them.
+    assert [c.size for c in chunks] == [16_384]
     assert np.concatenate(chunks).tobytes() == events[:16_384].tobytes()
     kept, _ = read_events(path, lenient=True)
     assert kept.tobytes() == events[:16_384].tobytes()

@@ -27,7 +27,7 @@ Events: the DAVIS346 AEDAT4 recording of ../shared (117,667 events, 130 ms) tile
 - file to windows: `windows(open_source(aedat4, loop=True), 10 ms float32 windows)` against
   draining the same `open_source` bare, both until `--copies` passes of the file went through;
   plus, to show where the time goes, the windowing stage alone on the already decoded events (in
-  chunks of the reader's size, one AEDAT4 packet) and on N-MNIST samples back to back (34x34
+  chunks of the reader's size, 65,536 events) and on N-MNIST samples back to back (34x34
   frames, 10 bins per 300 ms: the per-window cost when frames are small).
 
 - ROI (extra rows, the documented `spikecut replay drive.raw --roi 82,2,476,476 --downsample 14`
@@ -74,8 +74,7 @@ RECORDING = SHARED / "real" / "aedat4" / "davis346_aestream_example.aedat4"
 NMNIST = SHARED / "nmnist_1k" / "train"
 SPARKLERS = SHARED / "real" / "prophesee_raw" / "evt2_gen3_sparklers.raw"
 ROI, ROI_DOWNSAMPLE = (82, 2, 476, 476), 14  # 640x480 into 34x34
-READER_CHUNK = 65_536  # what the EVT2 reader yields per chunk
-AEDAT4_PACKET_EVENTS = 9_000  # about one packet of RECORDING: what its reader yields per chunk
+READER_CHUNK = 65_536  # what the EVT2 and AEDAT4 readers yield per chunk
 TARGETS = {
     "vs_tonic_to_frame": 20.0,
     "vs_bincount": 3.0,
@@ -314,7 +313,7 @@ def bench_file_to_windows(
     events: np.ndarray, info, copies: int, repeat: int, nmnist: list[np.ndarray] | None
 ) -> dict:
     n_events = asyncio.run(_drain_source(copies))
-    step = AEDAT4_PACKET_EVENTS
+    step = READER_CHUNK
     chunks = [events[i : i + step].copy() for i in range(0, len(events), step)]
     spec = WindowSpec(window_us=10_000)
     functions = {

@@ -35,7 +35,12 @@ from xml.sax.saxutils import escape
 import numpy as np
 from numba import njit
 
-from spikecut.errors import CorruptFileError, SpikecutError, TruncatedFileError
+from spikecut.errors import (
+    CorruptFileError,
+    EventFileError,
+    SpikecutError,
+    TruncatedFileError,
+)
 from spikecut.sources.events import EVENT_DTYPE, TIME_ORIGINS
 from spikecut.sources.reader import EventReader, keep_track, noted, tracked
 from spikecut.sources.writer import EventWriter
@@ -299,9 +304,41 @@ class Aedat4Reader(EventReader):
             )
 
     def _decode(self) -> Iterator[np.ndarray]:
+        """Consecutive packets fill each chunk up to `chunk_events` (DV packets hold a few
+        thousand events: fuller chunks pay a replay's per-chunk costs, a thread hop and a
+        validation, once for several packets). A chunk begun before a damaged packet is
+        delivered before the error."""
         if self.compression.startswith("ZSTD"):
             yield from self._decode_with_aedat()
             return
+        out, filled = self._new_chunk(), 0
+        try:
+            for offset, fb in self._event_packets():
+                start, n, error, where = _evts_elements(fb)
+                if error != _EVTS_OK:
+                    reason = _EVTS_ERRORS[error].format(size=fb.size, value=where)
+                    raise self._error(CorruptFileError, reason, offset=offset)
+                done = 0
+                while done < n:
+                    if filled == out.size:
+                        yield out
+                        out, filled = self._new_chunk(), 0
+                    part = out[filled : filled + min(out.size - filled, n - done)]
+                    if not _evts_to_events(fb, start + done * _DV_EVENT_BYTES, part, self._track):
+                        raise self._error(  # never: _evts_elements checked the vector
+                            CorruptFileError, _EVTS_ERRORS[_EVTS_LENGTH].format(value=n), offset
+                        )
+                    done += part.size
+                    filled += part.size
+        except EventFileError:
+            if filled:
+                yield out[:filled]
+            raise
+        if filled:
+            yield out[:filled]
+
+    def _event_packets(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(offset, decompressed size-prefixed flatbuffer) of each packet of the event stream."""
         decompress = None
         if self.compression.startswith("LZ4"):
             import lz4.frame
@@ -331,22 +368,7 @@ class Aedat4Reader(EventReader):
                         raise self._error(
                             CorruptFileError, f"undecodable LZ4 frame: {exc}", offset=offset
                         ) from exc
-            yield from self._events_of(np.frombuffer(payload, dtype=np.uint8), offset)
-
-    def _events_of(self, fb: np.ndarray, offset: int) -> Iterator[np.ndarray]:
-        """The events of one decompressed EVTS flatbuffer, in chunks of our output space."""
-        start, n, error, where = _evts_elements(fb)
-        if error != _EVTS_OK:
-            reason = _EVTS_ERRORS[error].format(size=fb.size, value=where)
-            raise self._error(CorruptFileError, reason, offset=offset)
-        done = 0
-        while done < n:
-            out = self._new_chunk(min(n - done, self.chunk_events))
-            out = out[: min(out.size, n - done)]
-            if not _evts_to_events(fb, start + done * _DV_EVENT_BYTES, out, self._track):
-                raise AssertionError("event vector checked by _evts_elements")  # unreachable
-            done += out.size
-            yield out
+            yield offset, np.frombuffer(payload, dtype=np.uint8)
 
     def _decode_with_aedat(self) -> Iterator[np.ndarray]:
         """ZSTD files: aedat decodes each packet whose header `_packets` checked."""
