@@ -425,9 +425,13 @@ class Aedat4Reader(EventReader):
 _LZ4_MAX_RATIO = 256
 
 
+#: The magic number an LZ4 frame starts with.
+_LZ4_MAGIC = b"\x04\x22\x4d\x18"
+
+
 def _lz4_content_size(frame: memoryview) -> int:
     """The content size an LZ4 frame's header declares (flag 0x08), else 0."""
-    if len(frame) >= 14 and frame[4] & 0x08:
+    if len(frame) >= 14 and frame[:4] == _LZ4_MAGIC and frame[4] & 0x08:
         return int.from_bytes(frame[6:14], "little")
     return 0
 
