@@ -206,3 +206,25 @@ def test_flatbuffer_parser_never_points_outside_the_buffer(data, position, value
     start, n, error, _ = _evts_elements(buffer)
     if error == 0 and n:
         assert start >= 12 and start + 16 * n <= buffer.size
+
+
+def test_reader_closes_while_a_worker_decompresses(tmp_path, monkeypatch):
+    """A replay's worker thread may still be decompressing a packet when its source closes the
+    reader: the file's map must close all the same (no buffer of it lent out meanwhile)."""
+    import lz4.frame
+
+    data, events, _ = _two_packet_file(tmp_path, lz4=True)
+    path = tmp_path / "lz4.aedat4"
+    path.write_bytes(data)
+    reader = Aedat4Reader(path)
+    decompress, closed = lz4.frame.decompress, []
+
+    def closing_decompress(frame):
+        reader.close()  # what the event loop may do while the worker is in here
+        closed.append(True)
+        return decompress(frame)
+
+    monkeypatch.setattr(lz4.frame, "decompress", closing_decompress)
+    with pytest.raises(ValueError, match="closed"):  # the next packet header: a closed map
+        list(reader)
+    assert closed == [True]

@@ -349,25 +349,23 @@ class Aedat4Reader(EventReader):
             if stream_id != target:
                 continue
             first = offset + _PACKET.size
-            if decompress is None:
-                payload = packet_map[first : first + size]
-            else:
-                # A view, not a copy, of the compressed bytes; released before anything is
-                # yielded, so that closing the reader can close the map.
-                with memoryview(packet_map) as whole, whole[first : first + size] as data:
-                    declared = _lz4_content_size(data)
-                    if declared > _LZ4_MAX_RATIO * size:  # python-lz4 would allocate it
-                        raise self._error(
-                            CorruptFileError,
-                            f"LZ4 frame of {size} bytes declares {declared} bytes of content",
-                            offset=offset,
-                        )
-                    try:
-                        payload = decompress(data)
-                    except RuntimeError as exc:  # python-lz4's error for a bad frame
-                        raise self._error(
-                            CorruptFileError, f"undecodable LZ4 frame: {exc}", offset=offset
-                        ) from exc
+            # A copy, not a view, of the packet: no buffer of the map is lent out while the
+            # GIL is released, so a replay can close the reader while its worker decodes.
+            payload = packet_map[first : first + size]
+            if decompress is not None:
+                declared = _lz4_content_size(payload)
+                if declared > _LZ4_MAX_RATIO * size:  # python-lz4 would allocate it
+                    raise self._error(
+                        CorruptFileError,
+                        f"LZ4 frame of {size} bytes declares {declared} bytes of content",
+                        offset=offset,
+                    )
+                try:
+                    payload = decompress(payload)
+                except RuntimeError as exc:  # python-lz4's error for a bad frame
+                    raise self._error(
+                        CorruptFileError, f"undecodable LZ4 frame: {exc}", offset=offset
+                    ) from exc
             yield offset, np.frombuffer(payload, dtype=np.uint8)
 
     def _decode_with_aedat(self) -> Iterator[np.ndarray]:
@@ -429,7 +427,7 @@ _LZ4_MAX_RATIO = 256
 _LZ4_MAGIC = b"\x04\x22\x4d\x18"
 
 
-def _lz4_content_size(frame: memoryview) -> int:
+def _lz4_content_size(frame: bytes) -> int:
     """The content size an LZ4 frame's header declares (flag 0x08), else 0."""
     if len(frame) >= 14 and frame[:4] == _LZ4_MAGIC and frame[4] & 0x08:
         return int.from_bytes(frame[6:14], "little")
