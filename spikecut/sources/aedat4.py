@@ -1,16 +1,23 @@
-"""AEDAT 4.0 (iniVation DV): reader through the `aedat` package, and a writer.
+"""AEDAT 4.0 (iniVation DV): reader with our own event decoder, and a writer.
 
 The file is `#!AER-DAT4.0\\r\\n`, a uint32 length, a size-prefixed `IOHE` flatbuffer (compression,
 data-table position, XML stream description), then packets `int32 stream_id, uint32 size` each
 followed by a (possibly LZ4/ZSTD-compressed) size-prefixed flatbuffer, up to the data table.
 
 Reading: we parse the IOHeader and walk the packet headers ourselves, checking every packet lies
-inside the file and belongs to a declared stream, before `aedat` decodes it. So a truncated or
-damaged file raises our `TruncatedFileError`/`CorruptFileError` with the byte offset of the
-packet (a lenient read keeps every packet before it), and `aedat` never sees the bad bytes.
-Only the first event stream (`EVTS`) is read; frame, IMU and trigger packets are skipped.
-aedat's packets (`t` uint64, `x`/`y` uint16, `on` bool: 13 packed bytes) have our layout and are
-viewed as `EVENT_DTYPE` without a copy. Coordinates are DV's: origin top-left. `t` is Unix µs.
+inside the file and belongs to a declared stream, so a truncated or damaged file raises our
+`TruncatedFileError`/`CorruptFileError` with the byte offset of the packet (a lenient read keeps
+every packet before it). Only the first event stream (`EVTS`) is read; frame, IMU and trigger
+packets are skipped unread. Coordinates are DV's: origin top-left. `t` is Unix µs.
+
+Event packets of uncompressed and LZ4 files (LZ4_HIGH is an LZ4 frame too) we decode ourselves:
+`lz4.frame` decompresses the packet, `_evts_elements` finds the event vector in the flatbuffer
+with every offset and length checked against the packet, and `_evts_to_events` turns its 16-byte
+structs `<i8 t, <i2 x, <i2 y, u1 on, 3 pad>` into `EVENT_DTYPE`. Both release the GIL (the
+Numba kernels are `nogil`; python-lz4 releases it while it decompresses), so a replay's worker
+thread decodes while the event loop bins the previous chunk; the `aedat` package holds the GIL
+for a whole packet. ZSTD files (zstandard is not a dependency of ours) are still decoded by
+`aedat`, one aedat packet per packet header, after the same header walk.
 
 Writing: uncompressed EVTS packets of up to `PACKET_EVENTS` events and no data table (readers
 then scan the packets, as `aedat` and dv-processing do).
@@ -26,10 +33,16 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 import numpy as np
+from numba import njit
 
-from spikecut.errors import CorruptFileError, SpikecutError, TruncatedFileError
+from spikecut.errors import (
+    CorruptFileError,
+    EventFileError,
+    SpikecutError,
+    TruncatedFileError,
+)
 from spikecut.sources.events import EVENT_DTYPE, TIME_ORIGINS
-from spikecut.sources.reader import EventReader
+from spikecut.sources.reader import EventReader, keep_track, noted, tracked
 from spikecut.sources.writer import EventWriter
 
 MAGIC = b"#!AER-DAT4.0\r\n"
@@ -98,10 +111,100 @@ def _streams(info: str) -> dict[int, dict[str, str]]:
     return streams
 
 
+# --- event packets: the flatbuffer and its events --------------------------------------------
+
+#: Bytes of one DV event struct in an EVTS flatbuffer.
+_DV_EVENT_BYTES = 16
+# What `_evts_elements` found wrong, and the messages (with the position it returns).
+_EVTS_OK, _EVTS_SHORT, _EVTS_SIZE, _EVTS_IDENTIFIER, _EVTS_ROOT, _EVTS_VTABLE = range(6)
+_EVTS_FIELD, _EVTS_VECTOR, _EVTS_LENGTH = range(6, 9)
+_EVTS_ERRORS = {
+    _EVTS_SHORT: "event packet of {size} bytes is too short for a flatbuffer",
+    _EVTS_SIZE: "flatbuffer size prefix {value} exceeds the {size} bytes of the event packet",
+    _EVTS_IDENTIFIER: "event packet's flatbuffer identifier is not EVTS",
+    _EVTS_ROOT: "EVTS root table offset {value} points outside the packet",
+    _EVTS_VTABLE: "EVTS vtable (at {value}) lies outside the packet or has an impossible size",
+    _EVTS_FIELD: "EVTS events field (at {value}) lies outside the packet",
+    _EVTS_VECTOR: "EVTS event vector offset points outside the packet (to {value})",
+    _EVTS_LENGTH: "EVTS event vector of {value} events runs past the end of the packet",
+}
+
+
+@njit(cache=True, inline="always")
+def _le(fb, pos, size):  # pragma: no cover (compiled)
+    """Unsigned little-endian integer of `size` bytes at `pos` (LLVM makes it one load)."""
+    value = np.int64(0)
+    for k in range(size):
+        value |= np.int64(fb[pos + k]) << (8 * k)
+    return value
+
+
+@njit(cache=True, nogil=True)
+def _evts_elements(fb):  # pragma: no cover (compiled)
+    """Where the event vector of a size-prefixed EVTS flatbuffer lies: (position of its first
+    struct, struct count, error kind, position or value the error concerns). Every offset is
+    checked against the buffer before it is followed, so any bytes give an answer."""
+    size = fb.size
+    if size < 12:
+        return 0, 0, _EVTS_SHORT, size
+    end = 4 + _le(fb, 0, 4)
+    if end > size:
+        return 0, 0, _EVTS_SIZE, end - 4
+    # Identifier `EVTS`, after the size prefix and the root offset.
+    if fb[8] != 69 or fb[9] != 86 or fb[10] != 84 or fb[11] != 83:
+        return 0, 0, _EVTS_IDENTIFIER, 8
+    table = 4 + _le(fb, 4, 4)
+    if table + 4 > end:
+        return 0, 0, _EVTS_ROOT, table - 4
+    soffset = _le(fb, table, 4)
+    vtable = table - (soffset - (1 << 32) if soffset >= 1 << 31 else soffset)
+    if vtable < 4 or vtable + 4 > end:
+        return 0, 0, _EVTS_VTABLE, vtable
+    vtable_size = _le(fb, vtable, 2)
+    if vtable_size < 4 or vtable + vtable_size > end:
+        return 0, 0, _EVTS_VTABLE, vtable
+    if vtable_size < 6:  # no slot for field 0: no events
+        return 0, 0, _EVTS_OK, 0
+    field = _le(fb, vtable + 4, 2)
+    if field == 0:  # the default: no events
+        return 0, 0, _EVTS_OK, 0
+    field += table
+    if field + 4 > end:
+        return 0, 0, _EVTS_FIELD, field
+    vector = field + _le(fb, field, 4)
+    if vector + 4 > end:
+        return 0, 0, _EVTS_VECTOR, vector
+    n = _le(fb, vector, 4)
+    if vector + 4 + n * _DV_EVENT_BYTES > end:
+        return 0, 0, _EVTS_LENGTH, n
+    return vector + 4, n, _EVTS_OK, 0
+
+
+@njit(cache=True, nogil=True)
+def _evts_to_events(fb, start, out, track):  # pragma: no cover (compiled)
+    """The `out.size` DV event structs from `start` into `out`; False (and nothing written) if
+    they do not all lie inside `fb`. Polarity is the flatbuffer bool: any byte but 0 is ON."""
+    if start < 0 or start + out.size * _DV_EVENT_BYTES > fb.size:
+        return False
+    running = tracked(track)
+    for i in range(out.size):
+        pos = start + i * _DV_EVENT_BYTES
+        t = _le(fb, pos, 8)
+        x = _le(fb, pos + 8, 2)
+        y = _le(fb, pos + 10, 2)
+        out[i].t = t
+        out[i].x = x
+        out[i].y = y
+        out[i].p = fb[pos + 12] != 0
+        running = noted(running, t, x, y)
+    keep_track(track, running)
+    return True
+
+
 class Aedat4Reader(EventReader):
     format = "aedat4"
     time_origin = "unix"
-    decodes_in_place = False  # aedat makes the arrays
+    kernel_tracks = True  # `_evts_to_events` does (not aedat, see `_open`)
 
     def _open(self) -> tuple[int, int] | None:
         magic = self._file.read(len(MAGIC))
@@ -131,6 +234,8 @@ class Aedat4Reader(EventReader):
         self.streams = streams
         self.stream_id = events[0]
         self.compression = _COMPRESSION[compression]
+        if self.compression.startswith("ZSTD"):  # aedat decodes into arrays of its own
+            self.kernel_tracks = self.decodes_in_place = False
         self._packets_start = start + length
         end = table_pos if table_pos >= 0 else self.file_size
         if end < self._packets_start:
@@ -163,16 +268,12 @@ class Aedat4Reader(EventReader):
         origin = self.streams[self.stream_id].get("spikecutTimeOrigin")
         return origin if origin in TIME_ORIGINS else self.time_origin
 
-    def _decode(self) -> Iterator[np.ndarray]:
-        """Walk the packet headers, checking each packet lies inside the file and belongs to a
-        declared stream, and only then let aedat decode it (one aedat packet per header)."""
-        import aedat
-
+    def _packets(self) -> Iterator[tuple[int, int, int]]:
+        """(offset, stream id, payload size) of each packet, once it is checked to lie inside
+        the data and to belong to a declared stream."""
         end = self._packets_end
         offset = self._packets_start
-        decoder = None
-        streams, target, step = self.streams, self.stream_id, self.chunk_events
-        unpack, packet_map = _PACKET.unpack_from, self._map
+        streams, unpack, packet_map = self.streams, _PACKET.unpack_from, self._map
         while offset < end:
             if offset + _PACKET.size > end:
                 raise self._error(
@@ -192,6 +293,88 @@ class Aedat4Reader(EventReader):
                     f"({end - offset - _PACKET.size} bytes left)",
                     offset=offset,
                 )
+            yield offset, stream_id, size
+            offset += _PACKET.size + size
+        if self._table_missing:
+            raise self._error(
+                TruncatedFileError,
+                f"file ends at byte {self.file_size} but announces its data table at byte "
+                f"{self._table_pos}",
+                offset=self.file_size,
+            )
+
+    def _decode(self) -> Iterator[np.ndarray]:
+        """Consecutive packets fill each chunk up to `chunk_events` (DV packets hold a few
+        thousand events: fuller chunks pay a replay's per-chunk costs, a thread hop and a
+        validation, once for several packets). A chunk begun before a damaged packet is
+        delivered before the error."""
+        if self.compression.startswith("ZSTD"):
+            yield from self._decode_with_aedat()
+            return
+        out, filled = self._new_chunk(), 0
+        try:
+            for offset, fb in self._event_packets():
+                start, n, error, where = _evts_elements(fb)
+                if error != _EVTS_OK:
+                    reason = _EVTS_ERRORS[error].format(size=fb.size, value=where)
+                    raise self._error(CorruptFileError, reason, offset=offset)
+                done = 0
+                while done < n:
+                    if filled == out.size:
+                        yield out
+                        out, filled = self._new_chunk(), 0
+                    part = out[filled : filled + min(out.size - filled, n - done)]
+                    if not _evts_to_events(fb, start + done * _DV_EVENT_BYTES, part, self._track):
+                        raise self._error(  # never: _evts_elements checked the vector
+                            CorruptFileError, _EVTS_ERRORS[_EVTS_LENGTH].format(value=n), offset
+                        )
+                    done += part.size
+                    filled += part.size
+        except EventFileError:
+            if filled:
+                yield out[:filled]
+            raise
+        if filled:
+            yield out[:filled]
+
+    def _event_packets(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(offset, decompressed size-prefixed flatbuffer) of each packet of the event stream."""
+        decompress = None
+        if self.compression.startswith("LZ4"):
+            import lz4.frame
+
+            decompress = lz4.frame.decompress
+        target, packet_map = self.stream_id, self._map
+        for offset, stream_id, size in self._packets():
+            if stream_id != target:
+                continue
+            first = offset + _PACKET.size
+            # A copy, not a view, of the packet: no buffer of the map is lent out while the
+            # GIL is released, so a replay can close the reader while its worker decodes.
+            payload = packet_map[first : first + size]
+            if decompress is not None:
+                declared = _lz4_content_size(payload)
+                if declared > _LZ4_MAX_RATIO * size:  # python-lz4 would allocate it
+                    raise self._error(
+                        CorruptFileError,
+                        f"LZ4 frame of {size} bytes declares {declared} bytes of content",
+                        offset=offset,
+                    )
+                try:
+                    payload = decompress(payload)
+                except RuntimeError as exc:  # python-lz4's error for a bad frame
+                    raise self._error(
+                        CorruptFileError, f"undecodable LZ4 frame: {exc}", offset=offset
+                    ) from exc
+            yield offset, np.frombuffer(payload, dtype=np.uint8)
+
+    def _decode_with_aedat(self) -> Iterator[np.ndarray]:
+        """ZSTD files: aedat decodes each packet whose header `_packets` checked."""
+        import aedat
+
+        decoder = None
+        target, step = self.stream_id, self.chunk_events
+        for offset, stream_id, _ in self._packets():
             if decoder is None:
                 decoder = self._aedat_decoder(aedat)
             packet = self._next_packet(decoder, offset)
@@ -214,14 +397,6 @@ class Aedat4Reader(EventReader):
                     else:
                         for first in range(0, events.size, step):
                             yield events[first : first + step]
-            offset += _PACKET.size + size
-        if self._table_missing:
-            raise self._error(
-                TruncatedFileError,
-                f"file ends at byte {self.file_size} but announces its data table at byte "
-                f"{self._table_pos}",
-                offset=self.file_size,
-            )
 
     def _aedat_decoder(self, aedat: Any) -> Any:
         try:
@@ -242,6 +417,21 @@ class Aedat4Reader(EventReader):
             raise self._error(
                 CorruptFileError, f"undecodable packet: {exc}", offset=offset
             ) from exc
+
+
+#: An LZ4 block's output is at most about 255 times its input (one byte per 255 match bytes).
+_LZ4_MAX_RATIO = 256
+
+
+#: The magic number an LZ4 frame starts with.
+_LZ4_MAGIC = b"\x04\x22\x4d\x18"
+
+
+def _lz4_content_size(frame: bytes) -> int:
+    """The content size an LZ4 frame's header declares (flag 0x08), else 0."""
+    if len(frame) >= 14 and frame[:4] == _LZ4_MAGIC and frame[4] & 0x08:
+        return int.from_bytes(frame[6:14], "little")
+    return 0
 
 
 def _from_aedat_layout(events: np.ndarray) -> np.ndarray:
