@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from spikecut.errors import ConfigError, CorruptFileError
-from spikecut.sources import open_reader, open_source, read_events
+from spikecut.sources import open_reader, open_source, read_events, replay
 from spikecut.sources.atis import AtisBinReader
 from spikecut.sources.base import EventSource
 
@@ -158,6 +158,43 @@ async def test_stopping_early_closes_the_file(real_data):
         async for _ in source:
             break
     assert reader._file.closed
+
+
+class _CloseWatchingReader(AtisBinReader):
+    """Decodes slowly and notes whether it was closed while a worker was decoding."""
+
+    decoding = closed_while_decoding = False
+
+    def _decode(self):
+        self.decoding = True
+        for chunk in super()._decode():
+            time.sleep(0.03)
+            self.decoding = False
+            yield chunk
+            self.decoding = True
+        self.decoding = False
+
+    def close(self) -> None:
+        self.closed_while_decoding |= self.decoding
+        super().close()
+
+
+async def test_leaving_the_source_waits_for_the_worker_before_closing(real_data, monkeypatch):
+    """`break` leaves the iteration suspended while a worker prefetches the next chunk; leaving
+    the `async with` must let that worker finish before the reader is closed."""
+    readers = []
+
+    def slow_open(path, **kwargs):
+        readers.append(_CloseWatchingReader(path, chunk_events=500, sensor_size=(34, 34)))
+        return readers[-1]
+
+    monkeypatch.setattr(replay, "open_reader", slow_open)
+    async with open_source(real_data / NMNIST) as source:
+        async for _ in source:
+            break
+        await asyncio.sleep(0.01)  # the prefetching worker is now decoding the next chunk
+    assert readers[0]._file.closed
+    assert not readers[0].closed_while_decoding
 
 
 async def test_cancelling_a_paced_replay(real_data):

@@ -20,6 +20,7 @@ events does not loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -75,6 +76,7 @@ class FileSource:
             self._reader = None
             self._path = Path(path_or_reader)
             self._owns_reader = True
+        self._workers: set[asyncio.Future] = set()  # chunks being decoded in worker threads
         #: Number of completed passes over the recording (grows with `loop=True`).
         self.passes = 0
         #: Paced replays: (recording t in µs, event-loop time in s) of the first event. An event
@@ -118,6 +120,10 @@ class FileSource:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        # A consumer that left `async for` early leaves a worker decoding the next chunk: let it
+        # finish (milliseconds) so the reader is never closed under a decoding thread.
+        if self._workers:
+            await asyncio.wait(set(self._workers))
         self._close_reader()
 
     def _close_reader(self) -> None:
@@ -136,19 +142,20 @@ class FileSource:
         try:
             while True:
                 first_t = last_t = None
-                async for chunk in _decoded(reader):
-                    if offset:
-                        chunk["t"] += offset
-                    if first_t is None:
-                        first_t = int(chunk["t"][0])
-                    last_t = int(chunk["t"][-1])
-                    if self.speed is None:
-                        yield chunk
-                        continue
-                    if self.origin is None:
-                        self.origin = (first_t, asyncio.get_running_loop().time())
-                    async for part in self._paced(chunk, self.origin):
-                        yield part
+                async with contextlib.aclosing(_decoded(reader, self._workers)) as decoded:
+                    async for chunk in decoded:
+                        if offset:
+                            chunk["t"] += offset
+                        if first_t is None:
+                            first_t = int(chunk["t"][0])
+                        last_t = int(chunk["t"][-1])
+                        if self.speed is None:
+                            yield chunk
+                            continue
+                        if self.origin is None:
+                            self.origin = (first_t, asyncio.get_running_loop().time())
+                        async for part in self._paced(chunk, self.origin):
+                            yield part
                 self.passes += 1
                 if not self.loop or first_t is None:
                     return
@@ -186,18 +193,26 @@ class FileSource:
             await asyncio.sleep(max(due_at, next_release) - clock.time())
 
 
-async def _decoded(reader: EventReader) -> AsyncIterator[np.ndarray]:
+async def _decoded(reader: EventReader, workers: set[asyncio.Future]) -> AsyncIterator[np.ndarray]:
     """The reader's chunks, each decoded in a worker thread while the previous one is consumed.
-    The chunks are the reader's own arrays (a fresh pass per call), free to modify."""
+    The chunks are the reader's own arrays (a fresh pass per call), free to modify. `workers`
+    holds the decoding future while it runs, for the owner to wait on before closing."""
     chunks: Iterator[np.ndarray] = iter(reader)
-    pending = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+
+    def decode_next() -> asyncio.Future:
+        future = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+        workers.add(future)
+        future.add_done_callback(workers.discard)
+        return future
+
+    pending = decode_next()
     try:
         while True:
             # Shielded: cancelling the consumer must not abandon a worker still decoding.
             chunk = await asyncio.shield(pending)
             if chunk is None:
                 return
-            pending = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+            pending = decode_next()
             yield chunk
     finally:
         # Let the worker finish its chunk (milliseconds) before the reader can be closed.
