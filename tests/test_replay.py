@@ -197,6 +197,42 @@ async def test_leaving_the_source_waits_for_the_worker_before_closing(real_data,
     assert not readers[0].closed_while_decoding
 
 
+class _ShortThenBroken(AtisBinReader):
+    """A short first chunk, then damage: the look-ahead meets the error in the same trip."""
+
+    def _decode(self):
+        chunks = super()._decode()
+        yield next(chunks)
+        raise CorruptFileError("damaged after the first chunk")
+
+
+async def test_a_small_file_ends_in_one_worker_trip_and_errors_keep_their_order(
+    real_data, monkeypatch
+):
+    trips = []
+
+    def counted(chunks, limit):
+        trips.append(limit)
+        return take(chunks, limit)
+
+    take = replay._take
+    monkeypatch.setattr(replay, "_take", counted)
+    async with open_source(real_data / NMNIST) as source:  # 4,325 events: one short chunk
+        chunks = await _collect(source)
+    np.testing.assert_array_equal(np.concatenate(chunks), read_events(real_data / NMNIST)[0])
+    assert len(trips) == 1
+
+    trips.clear()
+    reader = _ShortThenBroken(real_data / NMNIST, chunk_events=5000, sensor_size=(34, 34))
+    received = []
+    with pytest.raises(CorruptFileError, match="damaged after the first chunk"):
+        async with open_source(reader) as source:
+            async for chunk in source:
+                received.append(chunk)
+    assert [c.size for c in received] == [4325] and len(trips) == 1
+    reader.close()
+
+
 async def test_cancelling_a_paced_replay(real_data):
     async def consume():
         async with open_source(real_data / PEDESTRIANS, speed=0.01) as source:

@@ -198,9 +198,10 @@ async def _decoded(reader: EventReader, workers: set[asyncio.Future]) -> AsyncIt
     The chunks are the reader's own arrays (a fresh pass per call), free to modify. `workers`
     holds the decoding future while it runs, for the owner to wait on before closing."""
     chunks: Iterator[np.ndarray] = iter(reader)
+    limit = reader.chunk_events
 
     def decode_next() -> asyncio.Future:
-        future = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+        future = asyncio.ensure_future(asyncio.to_thread(_take, chunks, limit))
         workers.add(future)
         future.add_done_callback(workers.discard)
         return future
@@ -209,11 +210,15 @@ async def _decoded(reader: EventReader, workers: set[asyncio.Future]) -> AsyncIt
     try:
         while True:
             # Shielded: cancelling the consumer must not abandon a worker still decoding.
-            chunk = await asyncio.shield(pending)
-            if chunk is None:
+            taken, ended, error = await asyncio.shield(pending)
+            if not ended and error is None:
+                pending = decode_next()
+            for chunk in taken:
+                yield chunk
+            if error is not None:
+                raise error
+            if ended:
                 return
-            pending = decode_next()
-            yield chunk
     finally:
         # Let the worker finish its chunk (milliseconds) before the reader can be closed.
         if not pending.done():
@@ -221,6 +226,25 @@ async def _decoded(reader: EventReader, workers: set[asyncio.Future]) -> AsyncIt
         if not pending.cancelled():
             pending.exception()  # mark retrieved: a failure was raised above if it mattered
         chunks.close()
+
+
+def _take(
+    chunks: Iterator[np.ndarray], limit: int
+) -> tuple[list[np.ndarray], bool, BaseException | None]:
+    """The next chunk, and with a short one (fewer than `limit` events: usually the file's last)
+    also the one after it, so a small file's end costs no second trip to a worker thread: a wake-up
+    of the event loop that a segment of a few steps would feel. Returns (chunks, ended, error);
+    an error after a good chunk is handed back to be raised once that chunk is delivered."""
+    chunk = next(chunks, None)
+    if chunk is None:
+        return [], True, None
+    if chunk.size >= limit:
+        return [chunk], False, None
+    try:
+        after = next(chunks, None)
+    except Exception as exc:
+        return [chunk], False, exc
+    return ([chunk], True, None) if after is None else ([chunk, after], False, None)
 
 
 #: Replay a file (or an open reader) as an async `EventSource`; see the module docstring.
