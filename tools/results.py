@@ -5,7 +5,8 @@
 Trains (or reuses, or resumes) five runs per seed on the 1000 real N-MNIST samples: direct
 training with TET, with and without RCS, QCFS conversion (ANN trained on prefix means, see
 `spikecut.models.training`), with and without RCS, and for comparison QCFS conversion with the
-ANN trained on the mean of all T windows only; evaluates each
+ANN trained on the mean of all T windows only; plus TET + RCS at two more RCS strengths
+(ALPHA_RUNS, the ends of the paper's α range) for the "RCS strength" section; evaluates each
 on the test split with `spikecut.models.evaluation` (Top-K over the ε sweep, OCT, max-softmax /
 entropy / fixed-t baselines, real early exit); writes docs/RESULTS.md and figures under
 docs/results/. Finished runs under --runs are reused, so re-rendering after a change to the text
@@ -43,12 +44,22 @@ LABELS = {
     "qcfs-rcs": "conversion, QCFS + RCS",
     "qcfs-meanframe": "conversion, QCFS, mean-frame ANN",
 }
+#: RCS strength sweep for direct training: name -> α, trained like "tet-rcs" except for α (the ends
+#: of the paper's range 0.001-0.005; "tet" is α = 0 and "tet-rcs" is --alpha-direct).
+ALPHA_RUNS = {f"tet-rcs-a{alpha:g}": alpha for alpha in (0.001, 0.005)}
+LABELS.update({name: f"direct, TET + RCS α = {alpha:g}" for name, alpha in ALPHA_RUNS.items()})
 TOLERANCE_PP = 0.3
 TARGET_REDUCTION = 2.0
 
 
 def run_config(args: argparse.Namespace, name: str, seed: int) -> TrainConfig:
-    method, rcs, ann_frames = RUNS[name]
+    method, rcs, ann_frames = RUNS["tet-rcs" if name in ALPHA_RUNS else name]
+    if name in ALPHA_RUNS:
+        alpha = ALPHA_RUNS[name]
+    elif rcs:
+        alpha = args.alpha_direct if method == "direct" else args.alpha_conversion
+    else:
+        alpha = 0.0
     return TrainConfig(
         dataset="nmnist",
         root=args.root,
@@ -57,7 +68,7 @@ def run_config(args: argparse.Namespace, name: str, seed: int) -> TrainConfig:
         loss="tet" if method == "direct" else "mean",
         qcfs_levels=args.qcfs_levels,
         ann_frames=ann_frames,
-        alpha=(args.alpha_direct if method == "direct" else args.alpha_conversion) if rcs else 0.0,
+        alpha=alpha,
         epochs=args.epochs_direct if method == "direct" else args.epochs_conversion,
         batch_size=args.batch_size,
         seed=seed,
@@ -67,6 +78,13 @@ def run_config(args: argparse.Namespace, name: str, seed: int) -> TrainConfig:
         max_shift_px=args.max_shift_px,
         out_dir=str(Path(args.runs) / f"{name}-s{seed}"),
     )
+
+
+def alpha_runs(alpha_direct: float) -> list[tuple[float, str]]:
+    """(α, run name) of every direct TET run by increasing α: "tet" (0), "tet-rcs"
+    (`alpha_direct`) and the ALPHA_RUNS; a sweep α equal to `alpha_direct` is "tet-rcs" itself."""
+    runs = {0.0: "tet", **{a: n for n, a in ALPHA_RUNS.items()}, alpha_direct: "tet-rcs"}
+    return sorted(runs.items())
 
 
 def ensure_trained(config: TrainConfig, threads: int) -> Path:
@@ -189,16 +207,17 @@ def render(args: argparse.Namespace, reports: dict[str, dict[int, dict[str, Any]
         f"{args.threads} threads, latency with 1 thread, batch 1.",
         "",
     ]
-    lines += summary(reports, seeds)
+    lines += summary(reports, seeds, args.alpha_direct)
     lines += main_table(reports, seeds, 0.0, "Top-K at ε = 0 (the paper's config default)")
     lines += main_table(
         reports, seeds, 0.01, "Top-K at ε = 0.01 (the paper's evaluation scripts' setting)"
     )
     lines += validation_table(reports, seeds)
+    lines += alpha_section(reports, args.alpha_direct)
     lines += target_section(reports, seeds)
     lines += timing_table(reports, seeds[0])
     lines += sweep_tables(reports, seeds[0])
-    lines += per_seed_table(reports, seeds)
+    lines += per_seed_table(reports)
     lines += [
         f"## Figures (seed {seeds[0]})",
         "",
@@ -242,7 +261,96 @@ def check_overhead_us(report: dict[str, Any]) -> float | None:
     return 1e3 * (row["ms_per_sample"] - per_step * row["mean_steps"]) / row["mean_steps"]
 
 
-def summary(reports, seeds) -> list[str]:
+def alpha_section(reports, alpha_direct: float) -> list[str]:
+    """RCS strength sweep for direct training: one row per α, mean ± std over the seeds present."""
+    lines = [
+        "## RCS strength (direct training)",
+        "",
+        "TET + RCS at the two ends of the paper's α range "
+        f"({' and '.join(f'{a:g}' for a in ALPHA_RUNS.values())}) next to α = 0 (TET) and the "
+        f"main α = {alpha_direct:g}; everything else as in the TET + RCS runs. "
+        "Mean ± std over the seeds listed. Top-K cells: accuracy (%) / mean steps / reduction "
+        "T/mean. `acc. at t = 1`: every sample stopped after the first window. `L_reg`: the "
+        "RCS term on the training split at the selected epoch (mean over layers of the largest "
+        "1 / mean-cosine of a correctly classified sample in a batch, averaged over batches; "
+        "1 = every step's activity points where the last steps' does); it is not computed, so "
+        "not logged, at α = 0.",
+        "",
+        "| α | run | seeds | acc. at T (%) | acc. at t = 1 (%) | Top-K ε = 0 | Top-K ε = 0.01 "
+        "| Top-K ε chosen on val. | OCT mean steps | L_reg |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for alpha, name in alpha_runs(alpha_direct):
+        rs = list(reports.get(name, {}).values())
+        seeds = ", ".join(map(str, reports.get(name, {})))
+        if not rs:
+            lines.append(f"| {alpha:g} | {name} | none trained | | | | | | | |")
+            continue
+
+        def topk(rows: list[dict[str, Any]]) -> str:
+            return (
+                f"{mean_std([r['accuracy'] for r in rows], 100)} / "
+                f"{mean_std([r['mean_steps'] for r in rows])} / "
+                f"{mean_std([r['reduction'] for r in rows])}x"
+            )
+
+        chosen = [r["chosen_on_validation"]["topk"] for r in rs]
+        eps = ", ".join(f"{c['rule']['epsilon']:.2f}" for c in chosen)
+        reg = mean_std([best_row(r)["rcs"] for r in rs], digits=3) if alpha > 0 else "-"
+        lines.append(
+            f"| {alpha:g} | {name} | {seeds} | {mean_std([r['accuracy_T'] for r in rs], 100)} "
+            f"| {mean_std([r['accuracy_per_t'][0] for r in rs], 100)} "
+            f"| {topk([topk_row(r, 0.0) for r in rs])} "
+            f"| {topk([topk_row(r, 0.01) for r in rs])} | {topk(chosen)} (ε {eps}) "
+            f"| {mean_std([r['oct']['mean_steps'] for r in rs])} | {reg} |"
+        )
+    return [*lines, ""]
+
+
+def alpha_sentence(reports, alpha_direct: float) -> str:
+    """What the α sweep shows, computed from the runs present: Top-K steps at ε = 0 and 0.01 and
+    OCT per α, the best α at ε = 0 against α = 0, and how far OCT moves against seed noise."""
+    points = [(a, list(reports[n].values())) for a, n in alpha_runs(alpha_direct) if reports.get(n)]
+
+    def per_alpha(value) -> tuple[list[float], float | None]:
+        """Mean over seeds per α, and the seeds' std averaged over the α with several seeds."""
+        values = [[value(r) for r in rs] for _, rs in points]
+        spread = [statistics.stdev(v) for v in values if len(v) > 1]
+        return [statistics.mean(v) for v in values], statistics.mean(spread) if spread else None
+
+    def listed(values: list[float], scale: float = 1.0) -> str:
+        return " / ".join(f"{scale * v:.2f}" for v in values)
+
+    def against_noise(diff: float, spread: float | None) -> str:
+        if spread is None:
+            return "(one seed per α, no spread to compare with)"
+        word = "more" if diff > spread else "no more"
+        return f"{word} than the seeds' std ({spread:.2f}, mean over α)"
+
+    zero, zero_spread = per_alpha(lambda r: topk_row(r, 0.0)["mean_steps"])
+    one, _ = per_alpha(lambda r: topk_row(r, 0.01)["mean_steps"])
+    oct_steps, oct_spread = per_alpha(lambda r: r["oct"]["mean_steps"])
+    acc, _ = per_alpha(lambda r: r["accuracy_T"])
+    best = min(range(len(zero)), key=zero.__getitem__)
+    monotone = all(b <= a + 1e-12 for a, b in zip(zero, zero[1:], strict=False))
+    return (
+        "- **RCS strength** (direct training, α = "
+        f"{' / '.join(f'{a:g}' for a, _ in points)}): Top-K needs {listed(zero)} mean steps at "
+        f"ε = 0 and {listed(one)} at ε = 0.01, OCT {listed(oct_steps)}, accuracy at T "
+        f"{listed(acc, 100)} % (means over seeds). At ε = 0 "
+        + (
+            "the fewest steps come without RCS (α = 0)"
+            if best == 0
+            else f"the fewest steps come at α = {points[best][0]:g}, {zero[0] - zero[best]:.2f} "
+            f"below α = 0, {against_noise(zero[0] - zero[best], zero_spread)}"
+        )
+        + f", and the steps {'fall' if monotone else 'do not fall'} monotonically as α grows; "
+        f"the oracle's earliest correct step (OCT) spans {max(oct_steps) - min(oct_steps):.2f} "
+        f"steps across α, {against_noise(max(oct_steps) - min(oct_steps), oct_spread)}."
+    )
+
+
+def summary(reports, seeds, alpha_direct: float) -> list[str]:
     n = len(seeds)
     mean = statistics.mean
     lines = ["## Summary", ""]
@@ -275,6 +383,7 @@ def summary(reports, seeds) -> list[str]:
             f"steps ({chosen_reduction:.2f}x), {100 * chosen_change:+.2f} pp, target met in "
             f"{chosen_met}/{n}. OCT oracle {mean([r['oct']['mean_steps'] for r in rs]):.2f} steps."
         )
+    lines.append(alpha_sentence(reports, alpha_direct))
     overheads = [check_overhead_us(reports[name][seeds[0]]) for name in RUNS]
     overheads = [o for o in overheads if o is not None]
     step_ms = [
@@ -517,7 +626,7 @@ def sweep_tables(reports, seed: int) -> list[str]:
     return [*lines, ""]
 
 
-def per_seed_table(reports, seeds) -> list[str]:
+def per_seed_table(reports) -> list[str]:
     lines = [
         "## Per seed (Top-K at ε = 0)",
         "",
@@ -529,9 +638,8 @@ def per_seed_table(reports, seeds) -> list[str]:
         "| Top-K acc. (%) | mean steps | reduction | OCT steps | training time (s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in RUNS:
-        for s in seeds:
-            r = reports[name][s]
+    for name in [*RUNS, *ALPHA_RUNS]:
+        for s, r in reports.get(name, {}).items():
             extra = checkpoint_extra(r)
             seconds_path = Path(r["checkpoint"]).parent / "train_seconds.json"
             seconds = (
@@ -550,11 +658,14 @@ def per_seed_table(reports, seeds) -> list[str]:
     return [*lines, ""]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--root", default="../shared/data/nmnist_1k")
     p.add_argument("--runs", default="runs/results", help="run directories (reused)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument(
+        "--alpha-seeds", type=int, nargs="*", help="seeds of the α sweep runs (default: --seeds)"
+    )
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--arch", default="nmnist_small")
     p.add_argument("--epochs-direct", type=int, default=60)
@@ -565,15 +676,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alpha-conversion", type=float, default=0.002)
     p.add_argument("--max-shift-px", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--only", choices=sorted(RUNS), nargs="+", help="train/evaluate only these")
+    p.add_argument(
+        "--only", choices=sorted([*RUNS, *ALPHA_RUNS]), nargs="+", help="train/evaluate only these"
+    )
     p.add_argument("--refresh-eval", action="store_true", help="re-run the evaluations")
     p.add_argument("--doc", default="docs/RESULTS.md")
-    args = p.parse_args(argv)
+    return p
 
-    names = args.only or list(RUNS)
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+
+    names = args.only or [*RUNS, *ALPHA_RUNS]
+    alpha_seeds = args.seeds if args.alpha_seeds is None else args.alpha_seeds
     reports: dict[str, dict[int, dict[str, Any]]] = {}
-    for seed in args.seeds:
+    for seed in sorted({*args.seeds, *alpha_seeds}):
         for name in names:
+            if seed not in (alpha_seeds if name in ALPHA_RUNS else args.seeds):
+                continue
             config = run_config(args, name, seed)
             print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}", flush=True)
             model = ensure_trained(config, args.threads)
