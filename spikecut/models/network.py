@@ -102,16 +102,19 @@ def _count_ops_hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor)
         fan_in = module.weight[0].numel()
         run.ops["mac"] += output[0].numel() * fan_in
         return
+    # float64 sums of small integer products stay exact; `_synops` turns them into int64 counts.
     active = x != 0
     if isinstance(module, nn.Linear):
-        reached = active.sum(dim=-1, dtype=torch.float64)
-        fan_out = module.out_features
+        run.ops["ac"].add_(active.sum(dim=-1, dtype=torch.float64), alpha=module.out_features)
     else:
         assert module.groups == 1, "synaptic-op count assumes groups=1 convolutions"
         per_pixel = active.sum(dim=1, dtype=torch.float64).flatten(1)  # [N, H·W]
-        reached = per_pixel @ _coverage(module, output.shape[-2:], x.shape[-2:], x.device)
-        fan_out = module.out_channels
-    run.ops["ac"] += reached.round().long() * fan_out
+        coverage = _coverage(module, output.shape[-2:], x.shape[-2:], x.device)
+        run.ops["ac"].addmv_(per_pixel, coverage, alpha=module.out_channels)
+
+
+def _synops(ops: dict[str, Tensor], shape: tuple[int, ...]) -> SynOps:
+    return SynOps(ops["ac"].long().view(shape), ops["mac"].long().view(shape))
 
 
 def _coverage(
@@ -209,7 +212,7 @@ class StepNet(nn.Module):
         out = out.reshape(steps, batch, -1)
         if ops is None:
             return out, None
-        return out, SynOps(ops["ac"].view(steps, batch), ops["mac"].view(steps, batch))
+        return out, _synops(ops, (steps, batch))
 
     def step(
         self, frames: Tensor, state: NetState, *, count_ops: bool = False
@@ -231,7 +234,7 @@ class StepNet(nn.Module):
         with running(run):
             out = self.body(frames)
         y = out if state.y is None else state.y + out
-        step_ops = None if ops is None else SynOps(ops["ac"], ops["mac"])
+        step_ops = None if ops is None else _synops(ops, (-1,))
         return out, NetState(tuple(run.membranes_out), state.t + 1, y, step_ops)
 
     def _new_ops(self, n: int, device: torch.device) -> dict[str, Tensor]:
@@ -244,7 +247,7 @@ class StepNet(nn.Module):
                     layer.register_forward_hook(_count_ops_hook)
                     layer._spikecut_counted = True
             self._ops_ready = True
-        zeros = torch.zeros(n, dtype=torch.long, device=device)
+        zeros = torch.zeros(n, dtype=torch.float64, device=device)
         return {"ac": zeros, "mac": zeros.clone()}
 
 
