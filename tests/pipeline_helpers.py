@@ -1,8 +1,9 @@
-"""Helpers for the runner tests: a small real checkpoint, the offline reference decision, and
-recordings written to disk for replay."""
+"""Helpers for the pipeline tests: a small real checkpoint, the offline reference decision,
+recordings written to disk for replay, and plain decisions for the sink tests."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from spikecut.models import (
     topk_gap,
 )
 from spikecut.pipeline.binning import WindowSpec, frames_for_recording
+from spikecut.pipeline.decision import Decision
 from spikecut.sources import read_events
 
 T = 10
@@ -162,3 +164,26 @@ def concatenate(recordings: list[np.ndarray], *, gap_us: int, align_us: int | No
         starts.append(start)
         t_next = int(events["t"][-1]) + gap_us
     return np.concatenate(parts), starts
+
+
+def make_decision(seq: int = 0, stream: str = "cam0", **changes) -> Decision:
+    """A valid decision numbered `seq` (a forced exit at T unless `changes` say otherwise)."""
+    fields = dict(
+        stream=stream,
+        seq=seq,
+        label=seq % 10,
+        label_name=str(seq % 10),
+        gap=3.0,
+        threshold=None,
+        exit="forced",
+        timesteps=8,
+        max_timesteps=8,
+        segment_start_us=seq * 1000,
+        segment_end_us=seq * 1000 + 800,
+        events=100 + seq,
+        synops=1e4,
+        model="test-model",
+        window_closed_ns=time.monotonic_ns(),
+    )
+    fields.update(changes)
+    return Decision(**fields)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+from pipeline_helpers import make_decision
 
 from spikecut.errors import SinkError
 from spikecut.pipeline.decision import Decision, Stats, StatsMeter
@@ -28,26 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 PREFIX = "test/spikecut"
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def make_decision(seq: int, stream: str = "cam0") -> Decision:
-    return Decision(
-        stream=stream,
-        seq=seq,
-        label=seq % 10,
-        label_name=f"digit{seq % 10}",
-        gap=4.0,
-        threshold=2.0,
-        exit="cutoff",
-        timesteps=3,
-        max_timesteps=10,
-        segment_start_us=seq * 10_000,
-        segment_end_us=seq * 10_000 + 3_000,
-        events=500 + seq,
-        synops=2.5e5,
-        model="test-model",
-        window_closed_ns=time.monotonic_ns(),
-    )
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 20, what: str = "") -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
 
 import pytest
+from pipeline_helpers import make_decision
 
 from spikecut.errors import ConfigError, SinkError
 from spikecut.pipeline.decision import Decision, StatsMeter
@@ -22,28 +22,6 @@ from spikecut.pipeline.sinks import (
     open_sinks,
 )
 from spikecut.pipeline.sinks.outbox import Message, Outbox
-
-
-def make_decision(seq: int = 0, stream: str = "cam0", **changes) -> Decision:
-    fields = dict(
-        stream=stream,
-        seq=seq,
-        label=seq % 10,
-        label_name=str(seq % 10),
-        gap=3.0,
-        threshold=None,
-        exit="forced",
-        timesteps=8,
-        max_timesteps=8,
-        segment_start_us=seq * 1000,
-        segment_end_us=seq * 1000 + 800,
-        events=100 + seq,
-        synops=1e4,
-        model="test-model",
-        window_closed_ns=time.monotonic_ns(),
-    )
-    fields.update(changes)
-    return Decision(**fields)
 
 
 async def test_stdout_sink_writes_one_json_line_per_decision(capsys):
