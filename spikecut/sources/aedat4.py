@@ -41,7 +41,7 @@ from spikecut.errors import (
     SpikecutError,
     TruncatedFileError,
 )
-from spikecut.sources.events import EVENT_DTYPE, TIME_ORIGINS
+from spikecut.sources.events import EVENT_DTYPE, TIME_ORIGINS, from_aedat
 from spikecut.sources.reader import EventReader, keep_track, noted, tracked
 from spikecut.sources.writer import EventWriter
 
@@ -391,7 +391,7 @@ class Aedat4Reader(EventReader):
                     if events.dtype.itemsize == EVENT_DTYPE.itemsize:
                         events = np.frombuffer(events, dtype=EVENT_DTYPE)
                     else:
-                        events = _from_aedat_layout(events)
+                        events = from_aedat(events)
                     if events.size <= step:
                         yield events
                     else:
@@ -432,15 +432,6 @@ def _lz4_content_size(frame: bytes) -> int:
     if len(frame) >= 14 and frame[:4] == _LZ4_MAGIC and frame[4] & 0x08:
         return int.from_bytes(frame[6:14], "little")
     return 0
-
-
-def _from_aedat_layout(events: np.ndarray) -> np.ndarray:
-    out = np.empty(events.size, dtype=EVENT_DTYPE)
-    out["t"] = events["t"]
-    out["x"] = events["x"]
-    out["y"] = events["y"]
-    out["p"] = events["on"]
-    return out
 
 
 # --- writer ----------------------------------------------------------------------------------
