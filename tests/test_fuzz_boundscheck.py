@@ -25,7 +25,7 @@ def test_fuzz_with_numba_boundscheck(tmp_path, real_data):
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
          "tests/test_fuzz_readers.py", "tests/test_readers_bad_input.py",
-         "tests/test_aedat4_decoder.py"],
+         "tests/test_aedat4_decoder.py", "tests/test_lz4.py"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=280,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

@@ -197,6 +197,35 @@ async def test_leaving_the_source_waits_for_the_worker_before_closing(real_data,
     assert not readers[0].closed_while_decoding
 
 
+class _CountingReader(AtisBinReader):
+    """Notes each pass over the file, and in which thread it ran."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.passes: list[str] = []
+
+    def _decode(self):
+        self.passes.append(threading.current_thread().name)
+        yield from super()._decode()
+
+
+async def test_the_worker_decodes_ahead_across_passes_and_no_further(real_data):
+    """A looping replay of a one-chunk file: while the consumer is busy with the first pass, the
+    worker decodes the next ones (in its thread), but never more than `_READ_AHEAD` items ahead."""
+    reader = _CountingReader(real_data / NMNIST, sensor_size=(34, 34))
+    async with open_source(reader, loop=True) as source:
+        chunks = aiter(source)
+        first = await anext(chunks)
+        await asyncio.sleep(0.1)  # the consumer is busy; the worker goes on
+        assert len(reader.passes) == 1 + replay._READ_AHEAD
+        assert threading.main_thread().name not in reader.passes
+        second = await anext(chunks)
+        await chunks.aclose()
+    period = int(first["t"][-1]) - int(first["t"][0]) + 1
+    np.testing.assert_array_equal(second["t"], first["t"] + period)
+    reader.close()
+
+
 class _ShortThenBroken(AtisBinReader):
     """A short first chunk, then damage: the look-ahead meets the error in the same trip."""
 

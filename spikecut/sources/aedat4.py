@@ -10,14 +10,16 @@ inside the file and belongs to a declared stream, so a truncated or damaged file
 every packet before it). Only the first event stream (`EVTS`) is read; frame, IMU and trigger
 packets are skipped unread. Coordinates are DV's: origin top-left. `t` is Unix µs.
 
-Event packets of uncompressed and LZ4 files (LZ4_HIGH is an LZ4 frame too) we decode ourselves:
-`lz4.frame` decompresses the packet, `_evts_elements` finds the event vector in the flatbuffer
-with every offset and length checked against the packet, and `_evts_to_events` turns its 16-byte
-structs `<i8 t, <i2 x, <i2 y, u1 on, 3 pad>` into `EVENT_DTYPE`. Both release the GIL (the
-Numba kernels are `nogil`; python-lz4 releases it while it decompresses), so a replay's worker
-thread decodes while the event loop bins the previous chunk; the `aedat` package holds the GIL
-for a whole packet. ZSTD files (zstandard is not a dependency of ours) are still decoded by
-`aedat`, one aedat packet per packet header, after the same header walk.
+Event packets of uncompressed and LZ4 files (LZ4_HIGH is an LZ4 frame too) we decode ourselves,
+a whole chunk per call of `_fill_chunk`: it walks the packet headers (each checked to lie inside
+the data and to belong to a declared stream), decompresses LZ4 frames (`spikecut.sources.lz4`),
+finds the event vector in the flatbuffer (`_evts_elements`, every offset and length checked
+against the packet) and turns its 16-byte structs `<i8 t, <i2 x, <i2 y, u1 on, 3 pad>` into
+`EVENT_DTYPE`, without the GIL. A replay's worker thread thus decodes a chunk with one release of
+the GIL while the event loop bins the previous one (python-lz4 and per-packet kernels released
+and took it back a few times per packet, each time waiting for the binning thread; the `aedat`
+package holds it for a whole packet). ZSTD files (zstandard is not a dependency of ours) are
+still decoded by `aedat`, one aedat packet per packet header, after the same header checks.
 
 Writing: uncompressed EVTS packets of up to `PACKET_EVENTS` events and no data table (readers
 then scan the packets, as `aedat` and dv-processing do).
@@ -42,6 +44,15 @@ from spikecut.errors import (
     TruncatedFileError,
 )
 from spikecut.sources.events import EVENT_DTYPE, TIME_ORIGINS, from_aedat
+from spikecut.sources.lz4 import (
+    LZ4_ERRORS,
+    LZ4_NEED_SPACE,
+    LZ4_OK,
+    LZ4_TOO_LARGE,
+    MAX_RATIO,
+    SLACK,
+    lz4_frame,
+)
 from spikecut.sources.reader import EventReader, keep_track, noted, tracked
 from spikecut.sources.writer import EventWriter
 
@@ -201,6 +212,98 @@ def _evts_to_events(fb, start, out, track):  # pragma: no cover (compiled)
     return True
 
 
+# What `_packet_header` and `_fill_chunk` report.
+_FILL_FULL, _FILL_END, _FILL_NEED_SPACE, _FILL_HEADER_CUT, _FILL_UNDECLARED = range(5)
+_FILL_PAST_END, _FILL_LZ4, _FILL_EVTS = range(5, 8)
+# `_fill_chunk`'s state between calls: next packet header, end of the packets, and the packet
+# whose events are being delivered (where: 0 none, 1 in the scratch buffer, 2 in the file).
+_POS, _END, _PENDING, _P_START, _P_COUNT, _P_DONE = range(6)
+_IN_SCRATCH, _IN_FILE = 1, 2
+
+
+@njit(cache=True, nogil=True)
+def _packet_header(data, pos, end, declared):  # pragma: no cover (compiled)
+    """The packet header at `pos`, checked: (0, stream id, payload size), or (_FILL_HEADER_CUT,
+    bytes left, 0), (_FILL_UNDECLARED, stream id, 0), (_FILL_PAST_END, size, bytes left)."""
+    if pos + 8 > end:
+        return _FILL_HEADER_CUT, end - pos, np.int64(0)
+    stream_id = _le(data, pos, 4)
+    if stream_id >= 1 << 31:
+        stream_id -= 1 << 32
+    size = _le(data, pos + 4, 4)
+    known = False
+    for candidate in declared:
+        known |= candidate == stream_id
+    if not known:
+        return _FILL_UNDECLARED, stream_id, np.int64(0)
+    if pos + 8 + size > end:
+        return _FILL_PAST_END, size, end - pos - 8
+    return 0, stream_id, size
+
+
+@njit(cache=True, nogil=True)
+def _fill_chunk(data, state, declared, target, compressed, scratch, out, track):  # pragma: no cover
+    """Decode the packets from state[_POS] on into `out` until it is full, the packets end, or
+    something is wrong; the state carries a packet that did not fit over to the next call.
+
+    Returns (events written, status, packet offset, a, b, c): a to c are what the status's
+    message names (see `Aedat4Reader._failure`). Nothing is consumed for a failed packet, so
+    after _FILL_NEED_SPACE (a: the bytes LZ4 needs, b: the frame's size) a call with a bigger
+    `scratch` goes on from there."""
+    capacity = out.shape[0]
+    filled = 0
+    zero = np.int64(0)
+    while True:
+        where = state[_PENDING]
+        if where != 0:
+            k = min(state[_P_COUNT] - state[_P_DONE], capacity - filled)
+            first = state[_P_START] + state[_P_DONE] * _DV_EVENT_BYTES
+            part = out[filled : filled + k]
+            if where == _IN_SCRATCH:
+                inside = _evts_to_events(scratch, first, part, track)
+            else:
+                inside = _evts_to_events(data, first, part, track)
+            if not inside:  # never: _evts_elements checked the vector
+                return filled, _FILL_EVTS, state[_POS], _EVTS_LENGTH, state[_P_COUNT], zero
+            filled += k
+            state[_P_DONE] += k
+            if state[_P_DONE] == state[_P_COUNT]:
+                state[_PENDING] = 0
+            if filled == capacity:
+                return filled, _FILL_FULL, zero, zero, zero, zero
+            continue
+        pos = state[_POS]
+        if pos >= state[_END]:
+            return filled, _FILL_END, pos, zero, zero, zero
+        status, stream_id, size = _packet_header(data, pos, state[_END], declared)
+        if status != 0:
+            return filled, status, pos, stream_id, size, zero
+        body = pos + 8
+        if stream_id != target:
+            state[_POS] = body + size
+            continue
+        if compressed:
+            n_out, lz4_status, value = lz4_frame(data, body, body + size, scratch)
+            if lz4_status == LZ4_NEED_SPACE:
+                return filled, _FILL_NEED_SPACE, pos, value, size, zero
+            if lz4_status != LZ4_OK:
+                return filled, _FILL_LZ4, pos, lz4_status, value, size
+            start, n, error, at = _evts_elements(scratch[:n_out])
+            where, fb_size = _IN_SCRATCH, n_out
+        else:
+            start, n, error, at = _evts_elements(data[body : body + size])
+            start += body
+            where, fb_size = _IN_FILE, size
+        if error != _EVTS_OK:
+            return filled, _FILL_EVTS, pos, error, at, fb_size
+        state[_POS] = body + size
+        if n:
+            state[_PENDING] = where
+            state[_P_START] = start
+            state[_P_COUNT] = n
+            state[_P_DONE] = 0
+
+
 class Aedat4Reader(EventReader):
     format = "aedat4"
     time_origin = "unix"
@@ -251,6 +354,8 @@ class Aedat4Reader(EventReader):
         self._packets_end = min(end, self.file_size)
         # Packet headers are read from a map of the file: no system call per packet.
         self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        self._declared = np.array(sorted(streams), dtype=np.int64)
+        self._scratch = np.empty(1 << 20, dtype=np.uint8)  # LZ4 frames' content (DV: ~150 KB)
         stream = streams[self.stream_id]
         self.sensor_source = stream.get("source", "")
         try:
@@ -270,31 +375,72 @@ class Aedat4Reader(EventReader):
 
     def _packets(self) -> Iterator[tuple[int, int, int]]:
         """(offset, stream id, payload size) of each packet, once it is checked to lie inside
-        the data and to belong to a declared stream."""
-        end = self._packets_end
-        offset = self._packets_start
-        streams, unpack, packet_map = self.streams, _PACKET.unpack_from, self._map
+        the data and to belong to a declared stream (the ZSTD path; `_fill_chunk` walks the
+        headers itself)."""
+        offset, end = self._packets_start, self._packets_end
+        declared = self._declared
         while offset < end:
-            if offset + _PACKET.size > end:
-                raise self._error(
-                    TruncatedFileError,
-                    f"file ends inside a packet header ({end - offset} of 8 bytes)",
-                    offset=offset,
-                )
-            stream_id, size = unpack(packet_map, offset)
-            if stream_id not in streams:
-                raise self._error(
-                    CorruptFileError, f"packet of undeclared stream id {stream_id}", offset=offset
-                )
-            if offset + _PACKET.size + size > end:
-                raise self._error(
-                    TruncatedFileError,
-                    f"packet of {size} bytes runs past the end of the data "
-                    f"({end - offset - _PACKET.size} bytes left)",
-                    offset=offset,
-                )
-            yield offset, stream_id, size
-            offset += _PACKET.size + size
+            status, stream_id, size = _packet_header(self._bytes(), offset, end, declared)
+            if status != 0:
+                raise self._failure(status, offset, stream_id, size)
+            yield offset, int(stream_id), int(size)
+            offset += _PACKET.size + int(size)
+        self._check_table()
+
+    def _decode(self) -> Iterator[np.ndarray]:
+        """Chunks of `chunk_events` events, each decoded by `_fill_chunk` in one call (a packet
+        that does not fit continues in the next chunk). A chunk begun before a damaged packet is
+        delivered before the error."""
+        if self.compression.startswith("ZSTD"):
+            yield from self._decode_with_aedat()
+            return
+        state = np.zeros(6, dtype=np.int64)
+        state[_POS], state[_END] = self._packets_start, self._packets_end
+        compressed = self.compression.startswith("LZ4")
+        out, filled = self._new_chunk(), 0
+        while True:
+            n, status, offset, a, b, c = _fill_chunk(
+                self._bytes(),
+                state,
+                self._declared,
+                self.stream_id,
+                compressed,
+                self._scratch,
+                out[filled:],
+                self._track,
+            )
+            filled += n
+            if status == _FILL_FULL:
+                yield out
+                out, filled = self._new_chunk(), 0
+            elif status == _FILL_NEED_SPACE:
+                self._grow_scratch(int(a), int(b), int(offset))
+            else:
+                if filled:
+                    yield out[:filled]
+                if status != _FILL_END:
+                    raise self._failure(status, int(offset), int(a), int(b), int(c))
+                self._check_table()
+                return
+
+    def _bytes(self) -> np.ndarray:
+        """The file as bytes, for one kernel call: a view of the map, so callers do not keep
+        it across a `yield` (the map cannot close while a view of it lives)."""
+        return np.frombuffer(self._map, dtype=np.uint8)
+
+    def _grow_scratch(self, needed: int, frame_size: int, offset: int) -> None:
+        """Room for a bigger LZ4 frame's content; a frame that wants more than any LZ4 frame of
+        its size can hold is damaged."""
+        most = MAX_RATIO * frame_size + SLACK
+        if self._scratch.size >= most:
+            raise self._error(
+                CorruptFileError,
+                f"undecodable LZ4 frame: {frame_size} bytes decompress to more than {most} bytes",
+                offset=offset,
+            )
+        self._scratch = np.empty(min(max(needed + SLACK, 2 * self._scratch.size), most), np.uint8)
+
+    def _check_table(self) -> None:
         if self._table_missing:
             raise self._error(
                 TruncatedFileError,
@@ -303,70 +449,27 @@ class Aedat4Reader(EventReader):
                 offset=self.file_size,
             )
 
-    def _decode(self) -> Iterator[np.ndarray]:
-        """Consecutive packets fill each chunk up to `chunk_events` (DV packets hold a few
-        thousand events: fuller chunks pay a replay's per-chunk costs, a thread hop and a
-        validation, once for several packets). A chunk begun before a damaged packet is
-        delivered before the error."""
-        if self.compression.startswith("ZSTD"):
-            yield from self._decode_with_aedat()
-            return
-        out, filled = self._new_chunk(), 0
-        try:
-            for offset, fb in self._event_packets():
-                start, n, error, where = _evts_elements(fb)
-                if error != _EVTS_OK:
-                    reason = _EVTS_ERRORS[error].format(size=fb.size, value=where)
-                    raise self._error(CorruptFileError, reason, offset=offset)
-                done = 0
-                while done < n:
-                    if filled == out.size:
-                        yield out
-                        out, filled = self._new_chunk(), 0
-                    part = out[filled : filled + min(out.size - filled, n - done)]
-                    if not _evts_to_events(fb, start + done * _DV_EVENT_BYTES, part, self._track):
-                        raise self._error(  # never: _evts_elements checked the vector
-                            CorruptFileError, _EVTS_ERRORS[_EVTS_LENGTH].format(value=n), offset
-                        )
-                    done += part.size
-                    filled += part.size
-        except EventFileError:
-            if filled:
-                yield out[:filled]
-            raise
-        if filled:
-            yield out[:filled]
-
-    def _event_packets(self) -> Iterator[tuple[int, np.ndarray]]:
-        """(offset, decompressed size-prefixed flatbuffer) of each packet of the event stream."""
-        decompress = None
-        if self.compression.startswith("LZ4"):
-            import lz4.frame
-
-            decompress = lz4.frame.decompress
-        target, packet_map = self.stream_id, self._map
-        for offset, stream_id, size in self._packets():
-            if stream_id != target:
-                continue
-            first = offset + _PACKET.size
-            # A copy, not a view, of the packet: no buffer of the map is lent out while the
-            # GIL is released, so a replay can close the reader while its worker decodes.
-            payload = packet_map[first : first + size]
-            if decompress is not None:
-                declared = _lz4_content_size(payload)
-                if declared > _LZ4_MAX_RATIO * size:  # python-lz4 would allocate it
-                    raise self._error(
-                        CorruptFileError,
-                        f"LZ4 frame of {size} bytes declares {declared} bytes of content",
-                        offset=offset,
-                    )
-                try:
-                    payload = decompress(payload)
-                except RuntimeError as exc:  # python-lz4's error for a bad frame
-                    raise self._error(
-                        CorruptFileError, f"undecodable LZ4 frame: {exc}", offset=offset
-                    ) from exc
-            yield offset, np.frombuffer(payload, dtype=np.uint8)
+    def _failure(self, status: int, offset: int, a: int, b: int, c: int = 0) -> EventFileError:
+        """The error `_packet_header` or `_fill_chunk` reported for the packet at `offset`."""
+        if status == _FILL_HEADER_CUT:
+            return self._error(
+                TruncatedFileError, f"file ends inside a packet header ({a} of 8 bytes)", offset
+            )
+        if status == _FILL_UNDECLARED:
+            return self._error(CorruptFileError, f"packet of undeclared stream id {a}", offset)
+        if status == _FILL_PAST_END:
+            return self._error(
+                TruncatedFileError,
+                f"packet of {a} bytes runs past the end of the data ({b} bytes left)",
+                offset,
+            )
+        if status == _FILL_LZ4:
+            if a == LZ4_TOO_LARGE:
+                reason = f"LZ4 frame of {c} bytes declares {b} bytes of content"
+            else:
+                reason = "undecodable LZ4 frame: " + LZ4_ERRORS[a].format(value=b)
+            return self._error(CorruptFileError, reason, offset)
+        return self._error(CorruptFileError, _EVTS_ERRORS[a].format(size=c, value=b), offset)
 
     def _decode_with_aedat(self) -> Iterator[np.ndarray]:
         """ZSTD files: aedat decodes each packet whose header `_packets` checked."""
@@ -417,21 +520,6 @@ class Aedat4Reader(EventReader):
             raise self._error(
                 CorruptFileError, f"undecodable packet: {exc}", offset=offset
             ) from exc
-
-
-#: An LZ4 block's output is at most about 255 times its input (one byte per 255 match bytes).
-_LZ4_MAX_RATIO = 256
-
-
-#: The magic number an LZ4 frame starts with.
-_LZ4_MAGIC = b"\x04\x22\x4d\x18"
-
-
-def _lz4_content_size(frame: bytes) -> int:
-    """The content size an LZ4 frame's header declares (flag 0x08), else 0."""
-    if len(frame) >= 14 and frame[:4] == _LZ4_MAGIC and frame[4] & 0x08:
-        return int.from_bytes(frame[6:14], "little")
-    return 0
 
 
 # --- writer ----------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Replay a recording as an asynchronous event source.
 
 `open_source(path)` returns a `FileSource`: an `EventSource` (see `base.py`) with `live = False`.
-Opening the file, reading and decoding run in a worker thread (`asyncio.to_thread`), one chunk
-ahead of the consumer, so the event loop never waits on disk or decoding (our Numba kernels
-release the GIL).
+Opening the file, reading and decoding run in a worker thread, up to `_READ_AHEAD` chunks ahead
+of the consumer (and on into the next pass of a looping replay), so the event loop never waits on
+disk or decoding, and decoding overlaps the consumer's binning (our Numba kernels release the
+GIL).
 
 Pacing: with `speed=None` chunks come as fast as they decode. With a speed factor, events are
 released when the wall clock reaches their recording time: an event at t is due
@@ -20,8 +21,10 @@ events does not loop.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import math
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -139,27 +142,29 @@ class FileSource:
         reader = await self._ensure_open()
         self.origin = None
         offset = 0
+        first_t = last_t = None
         try:
-            while True:
-                first_t = last_t = None
-                async with contextlib.aclosing(_decoded(reader, self._workers)) as decoded:
-                    async for chunk in decoded:
-                        if offset:
-                            chunk["t"] += offset
-                        if first_t is None:
-                            first_t = int(chunk["t"][0])
-                        last_t = int(chunk["t"][-1])
-                        if self.speed is None:
-                            yield chunk
-                            continue
-                        if self.origin is None:
-                            self.origin = (first_t, asyncio.get_running_loop().time())
-                        async for part in self._paced(chunk, self.origin):
-                            yield part
-                self.passes += 1
-                if not self.loop or first_t is None:
-                    return
-                offset += last_t - first_t + 1
+            async with contextlib.aclosing(_decoded(reader, self._workers, self.loop)) as decoded:
+                async for chunk in decoded:
+                    if chunk is None:  # a pass over the recording ended
+                        self.passes += 1
+                        if not self.loop or first_t is None:
+                            return
+                        offset += last_t - first_t + 1
+                        first_t = last_t = None
+                        continue
+                    if offset:
+                        chunk["t"] += offset
+                    if first_t is None:
+                        first_t = int(chunk["t"][0])
+                    last_t = int(chunk["t"][-1])
+                    if self.speed is None:
+                        yield chunk
+                        continue
+                    if self.origin is None:
+                        self.origin = (first_t, asyncio.get_running_loop().time())
+                    async for part in self._paced(chunk, self.origin):
+                        yield part
         finally:
             if opened_here:
                 self._close_reader()
@@ -193,39 +198,126 @@ class FileSource:
             await asyncio.sleep(max(due_at, next_release) - clock.time())
 
 
-async def _decoded(reader: EventReader, workers: set[asyncio.Future]) -> AsyncIterator[np.ndarray]:
-    """The reader's chunks, each decoded in a worker thread while the previous one is consumed.
-    The chunks are the reader's own arrays (a fresh pass per call), free to modify. `workers`
-    holds the decoding future while it runs, for the owner to wait on before closing."""
-    chunks: Iterator[np.ndarray] = iter(reader)
-    limit = reader.chunk_events
-
-    def decode_next() -> asyncio.Future:
-        future = asyncio.ensure_future(asyncio.to_thread(_take, chunks, limit))
-        workers.add(future)
-        future.add_done_callback(workers.discard)
-        return future
-
-    pending = decode_next()
+async def _decoded(
+    reader: EventReader, workers: set[asyncio.Future], loop: bool
+) -> AsyncIterator[np.ndarray | None]:
+    """The reader's chunks, decoded in a worker thread that runs up to `_READ_AHEAD` chunks ahead
+    of the consumer, and None at the end of each pass; with `loop`, the worker goes on with the
+    next pass (after one that had events) without waiting for the consumer to get there. The
+    chunks are the reader's own arrays, free to modify. `workers` holds the worker's future while
+    it runs, for the owner to wait on before closing the reader. The consumer stops iterating
+    after the last pass (the worker stops there too)."""
+    ahead = _ReadAhead(reader, workers, loop)
     try:
         while True:
-            # Shielded: cancelling the consumer must not abandon a worker still decoding.
-            taken, ended, error = await asyncio.shield(pending)
-            if not ended and error is None:
-                pending = decode_next()
+            taken, ended, error = await ahead.next()
             for chunk in taken:
                 yield chunk
             if error is not None:
                 raise error
             if ended:
-                return
+                yield None
     finally:
-        # Let the worker finish its chunk (milliseconds) before the reader can be closed.
-        if not pending.done():
-            await asyncio.wait({pending})
-        if not pending.cancelled():
-            pending.exception()  # mark retrieved: a failure was raised above if it mattered
-        chunks.close()
+        await ahead.close()
+
+
+#: Chunks a replay's worker decodes ahead of the consumer.
+_READ_AHEAD = 2
+#: What a worker hands over: chunks, whether a pass ended, and an error to raise after them.
+_Taken = tuple[list[np.ndarray], bool, "BaseException | None"]
+
+
+class _ReadAhead:
+    """A worker thread that keeps decoding while the consumer bins: it runs from one `next()` to
+    the next without waiting for the event loop, and goes back to the pool when `_READ_AHEAD`
+    chunks wait (a replay never holds a pool thread while its consumer is slow). The event loop
+    only hears of finished chunks. Decoding and binning then overlap as far as the two threads
+    can run at once; a worker started anew for every chunk leaves gaps of a loop turn each."""
+
+    def __init__(self, reader: EventReader, workers: set[asyncio.Future], loop: bool) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._reader = reader
+        self._chunks: Iterator[np.ndarray] = iter(reader)
+        self._limit = reader.chunk_events
+        self._repeat = loop
+        self._pass_events = 0  # events the worker decoded in the current pass
+        self._workers = workers
+        self._lock = threading.Lock()  # guards the four below across the threads
+        self._queued = 0  # items decoded and not yet taken by `next()`
+        self._running = False
+        self._finished = False  # the worker delivered its last item
+        self._stop = False  # the consumer left
+        self._ready: collections.deque[_Taken] = collections.deque()
+        self._arrived: asyncio.Future[None] | None = None
+        self._worker: asyncio.Future[None] | None = None
+        self._running = True
+        self._submit()
+
+    async def next(self) -> _Taken:
+        while not self._ready:
+            if self._worker is not None and self._worker.done():
+                self._worker.result()  # a failure of the worker itself (never of the reader)
+                if not self._running:
+                    raise RuntimeError("the replay worker stopped without handing over a chunk")
+            self._arrived = self._loop.create_future()
+            await self._arrived
+        taken = self._ready.popleft()
+        with self._lock:
+            self._queued -= 1
+            resume = not (self._running or self._finished or self._stop)
+            self._running |= resume
+        if resume:
+            self._submit()
+        return taken
+
+    async def close(self) -> None:
+        """Stop the worker after its current chunk and wait for it (milliseconds), so the reader
+        is never closed under a decoding thread."""
+        with self._lock:
+            self._stop = True
+        if self._worker is not None and not self._worker.done():
+            await asyncio.wait({self._worker})
+        self._chunks.close()
+
+    def _submit(self) -> None:
+        worker = self._loop.run_in_executor(None, self._work)
+        self._worker = worker
+        self._workers.add(worker)
+        worker.add_done_callback(self._workers.discard)
+        worker.add_done_callback(lambda _: self._wake())
+
+    def _work(self) -> None:
+        """In the worker thread: decode until the consumer is `_READ_AHEAD` chunks behind, the
+        reader ends (for good) or fails, or the consumer left."""
+        while True:
+            try:
+                taken = _take(self._chunks, self._limit)
+            except Exception as exc:  # raised to the consumer after the chunks before it
+                taken = [], False, exc
+            chunks, ended, error = taken
+            self._pass_events += sum(chunk.size for chunk in chunks)
+            again = ended and error is None and self._repeat and self._pass_events > 0
+            if again:
+                self._chunks.close()
+                self._chunks = iter(self._reader)
+                self._pass_events = 0
+            with self._lock:
+                self._queued += 1
+                self._finished = error is not None or (ended and not again)
+                pause = self._finished or self._stop or self._queued >= _READ_AHEAD
+                if pause:
+                    self._running = False
+            self._loop.call_soon_threadsafe(self._arrive, taken)
+            if pause:
+                return
+
+    def _arrive(self, taken: _Taken) -> None:
+        self._ready.append(taken)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._arrived is not None and not self._arrived.done():
+            self._arrived.set_result(None)
 
 
 def _take(
