@@ -10,11 +10,15 @@ cumulative counters.
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import spikecut.pipeline.binning as binning
+from spikecut.errors import ConfigError
 from spikecut.pipeline.binning import S_ORIGIN, FrameBuilder, WindowSpec, bin_recording
 from spikecut.sources.events import make_events
 from tests.test_binning_chunks import ROIS, H, W, streams
@@ -129,3 +133,119 @@ def test_a_ring_without_slack_changes_nothing(data: st.DataObject, spec, end: st
     assert tight_rec.frames.tobytes() == roomy_rec.frames.tobytes()
     assert tight_rec.n_events.tolist() == roomy_rec.n_events.tolist()
     assert tight_rec.drops == roomy_rec.drops
+
+
+# --- the direct path (non-overlapping windows and n_bins, no filters) against the engine ----------
+
+direct_specs = st.one_of(
+    st.builds(WindowSpec, window_us=st.integers(1, 300), **saturation),
+    st.builds(
+        WindowSpec,
+        n_bins=st.integers(1, 7),
+        span_us=st.one_of(st.none(), st.integers(1, 500)),
+        **saturation,
+    ),
+)
+
+
+def engine_recording(events: np.ndarray, spec: WindowSpec, end: str):
+    """`bin_recording` through the streaming engine only."""
+    with mock.patch.object(binning, "_direct_fits", lambda spec: False):
+        return bin_recording(events, (W, H), spec, end=end)
+
+
+def assert_same_recording(got, expected) -> None:
+    assert got.frames.dtype == expected.frames.dtype
+    assert got.frames.shape == expected.frames.shape
+    assert got.frames.tobytes() == expected.frames.tobytes()
+    for name in ("t_start_us", "t_end_us", "n_events", "partial"):
+        assert getattr(got, name).tolist() == getattr(expected, name).tolist(), name
+    assert got.drops == expected.drops
+    assert got.beyond_span == expected.beyond_span
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.data(),
+    spec=direct_specs,
+    end=st.sampled_from(["emit", "drop"]),
+    threads=st.sampled_from([1, 2, 3]),
+)
+def test_direct_path_equals_the_engine(data: st.DataObject, spec, end: str, threads: int) -> None:
+    """Hostile streams (garbage, late events, jumps, saturation) in one to three threads: the
+    direct path gives what the engine gives, or declines and the engine runs."""
+    events = data.draw(streams(jumps=spec.max_gap_us is not None))
+    expected = engine_recording(events, spec, end)
+    assert_same_recording(bin_recording(events, (W, H), spec, end=end, threads=threads), expected)
+
+
+def ordered_stream(n: int, seed: int) -> np.ndarray:
+    """A clean stream in time order with garbage sprinkled in: what real recordings look like."""
+    rng = np.random.default_rng(seed)
+    t = 10**6 + np.cumsum(rng.integers(0, 30, n))
+    events = make_events(t, rng.integers(0, W, n), rng.integers(0, H, n), rng.integers(0, 2, n))
+    events["x"][rng.integers(0, n, 20)] = W + 3
+    return events
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        WindowSpec(window_us=500, dtype="int16"),
+        WindowSpec(window_us=700, dtype="uint8", clip=3, roi=(1, 1, 4, 3), polarities=1),
+        WindowSpec(n_bins=10),
+        WindowSpec(n_bins=5, span_us=600_000, dtype="float16"),  # longer than the stream
+    ],
+)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_ordered_recordings_take_the_direct_path_in_parallel(spec, threads) -> None:
+    events = ordered_stream(30_000, seed=threads)
+    cfg = np.zeros(binning.N_CFG, dtype=np.int64)
+    span = spec.span_us or int(events["t"][-1] - events["t"][0] + 1)
+    binning._fill_config(cfg, spec, W, H, span)
+    parts = binning._plan_parts(events, 0, cfg, np.int64(events["t"][0]), threads, 10**9)
+    assert len(parts) == threads  # cut where asked, at window boundaries
+    with mock.patch.object(binning, "_Recording", side_effect=AssertionError("engine ran")):
+        got = bin_recording(events, (W, H), spec, threads=threads)
+    assert_same_recording(got, engine_recording(events, spec, "emit"))
+
+
+def test_out_of_order_parts_fall_back_to_one_thread() -> None:
+    """An event far out of order lands in the other thread's windows: the split is redone by one
+    thread, which handles it exactly (the engine never runs)."""
+    events = ordered_stream(30_000, seed=5)
+    events["t"][25_000] = events["t"][1_000]  # late, from the second half
+    events["t"][3_000] = events["t"][28_000]  # early, from the first half
+    spec = WindowSpec(window_us=500, dtype="int16")
+    with mock.patch.object(binning, "_Recording", side_effect=AssertionError("engine ran")):
+        got = bin_recording(events, (W, H), spec, threads=2)
+    expected = engine_recording(events, spec, "emit")
+    assert_same_recording(got, expected)
+    assert got.drops.late > 0
+
+
+def test_threads_must_be_positive() -> None:
+    for threads in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match="threads"):
+            bin_recording(ordered_stream(10, 0), (W, H), WindowSpec(window_us=5), threads=threads)
+
+
+def test_float32_counts_past_exactness_go_to_the_engine() -> None:
+    """float32 counts are exact only up to 2**24 (lowered to 3 here): a window that would count
+    past it is left to the engine's int32 counters, whose frames are the same."""
+    events = ordered_stream(2_000, seed=9)
+    spec = WindowSpec(window_us=2_000)
+    engine_ran = []
+    engine = binning._Recording
+
+    def watched(*args, **kwargs):
+        engine_ran.append(True)
+        return engine(*args, **kwargs)
+
+    with (
+        mock.patch.object(binning, "_FLOAT32_EXACT", 3),
+        mock.patch.object(binning, "_Recording", watched),
+    ):
+        got = bin_recording(events, (W, H), spec, threads=2)
+    assert engine_ran
+    assert_same_recording(got, engine_recording(events, spec, "emit"))
