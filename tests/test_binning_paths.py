@@ -109,8 +109,8 @@ def test_saturation_inside_a_run_and_when_a_window_is_taken() -> None:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), spec=specs, end=st.sampled_from(["emit", "drop"]))
 def test_a_ring_without_slack_changes_nothing(data: st.DataObject, spec, end: str) -> None:
-    # Big frames get a ring of just the open windows plus one (to stay in cache): the kernel
-    # then returns at nearly every window. Same windows, in chunks or not, as with a roomy ring.
+    # Big frames get a ring of just the open windows (to stay in cache): the kernel then
+    # returns at every window. Same windows, in chunks or not, as with a roomy ring.
     events = data.draw(streams(jumps=spec.max_gap_us is not None or spec.kind == "count"))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=6)))
     roomy, roomy_totals, _ = streamed(events, spec, end)
@@ -119,7 +119,7 @@ def test_a_ring_without_slack_changes_nothing(data: st.DataObject, spec, end: st
     binning._RING_SLACK_BYTES = 1
     try:
         builder = FrameBuilder(spec, (W, H))
-        assert builder._ring == roomy_ring - 15  # slack 16 down to 1
+        assert builder._ring == roomy_ring - 16  # slack 16 down to none
         tight = [w for chunk in np.split(events, cuts) for w in builder.push(chunk)]
         tight += builder.finish(end if spec.kind != "bins" else "emit")
         tight_rec = bin_recording(events, (W, H), spec, end=end)

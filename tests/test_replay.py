@@ -12,12 +12,15 @@ import numpy as np
 import pytest
 
 from spikecut.errors import ConfigError, CorruptFileError
+from spikecut.pipeline.binning import WindowSpec
+from spikecut.pipeline.windowing import windows
 from spikecut.sources import open_reader, open_source, read_events, replay
 from spikecut.sources.atis import AtisBinReader
 from spikecut.sources.base import EventSource
 
 PEDESTRIANS = "prophesee_raw/evt3_gen41_pedestrians_5000ev.raw"  # 5000 events over 45.2 ms
 NMNIST = "atis_bin/nmnist_tonic_sample.bin"
+AEDAT4 = "aedat4/davis346_aestream_example.aedat4"
 
 
 async def _collect(source) -> list[np.ndarray]:
@@ -224,6 +227,19 @@ async def test_the_worker_decodes_ahead_across_passes_and_no_further(real_data):
     period = int(first["t"][-1]) - int(first["t"][0]) + 1
     np.testing.assert_array_equal(second["t"], first["t"] + period)
     reader.close()
+
+
+async def test_leaving_a_windows_stage_without_closing_it(real_data):
+    """`break` out of `windows()` leaves its producer running until the stage is collected; the
+    source's exit must still not close the reader under a worker, nor start new ones."""
+    spec = WindowSpec(window_us=1_000)
+    for _ in range(10):
+        async with open_source(real_data / AEDAT4, loop=True, chunk_events=2_000) as source:
+            async for window in windows(source, spec):
+                if window.index == 30:
+                    break
+        assert source.reader is None  # closed, no BufferError from a view still in use
+    await asyncio.sleep(0.05)  # the abandoned stages end quietly
 
 
 class _ShortThenBroken(AtisBinReader):

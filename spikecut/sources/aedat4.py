@@ -27,6 +27,7 @@ then scan the packets, as `aedat` and dv-processing do).
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import struct
 import xml.etree.ElementTree as ET
@@ -366,7 +367,10 @@ class Aedat4Reader(EventReader):
     def close(self) -> None:
         packet_map = getattr(self, "_map", None)
         if packet_map is not None:
-            packet_map.close()
+            self._map = None
+            # A kernel in another thread may still read it: then it is unmapped after that.
+            with contextlib.suppress(BufferError):
+                packet_map.close()
         super().close()
 
     def _time_origin(self) -> str:
@@ -426,6 +430,8 @@ class Aedat4Reader(EventReader):
     def _bytes(self) -> np.ndarray:
         """The file as bytes, for one kernel call: a view of the map, so callers do not keep
         it across a `yield` (the map cannot close while a view of it lives)."""
+        if self._map is None:
+            raise ValueError(f"{self.path}: the reader is closed")
         return np.frombuffer(self._map, dtype=np.uint8)
 
     def _grow_scratch(self, needed: int, frame_size: int, offset: int) -> None:

@@ -25,7 +25,7 @@ import collections
 import contextlib
 import math
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +79,7 @@ class FileSource:
             self._reader = None
             self._path = Path(path_or_reader)
             self._owns_reader = True
-        self._workers: set[asyncio.Future] = set()  # chunks being decoded in worker threads
+        self._workers = _Workers()  # decoding in worker threads
         #: Number of completed passes over the recording (grows with `loop=True`).
         self.passes = 0
         #: Paced replays: (recording t in µs, event-loop time in s) of the first event. An event
@@ -123,10 +123,12 @@ class FileSource:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        # A consumer that left `async for` early leaves a worker decoding the next chunk: let it
-        # finish (milliseconds) so the reader is never closed under a decoding thread.
-        if self._workers:
-            await asyncio.wait(set(self._workers))
+        # A consumer that left `async for` early leaves a worker decoding ahead, and maybe an
+        # iteration going on (a `windows()` stage it left without closing runs until collected):
+        # start no new worker, and let the running ones finish (milliseconds), so the reader is
+        # never closed under a decoding thread.
+        workers, self._workers = self._workers, _Workers()  # a fresh set for a next entry
+        await workers.close()
         self._close_reader()
 
     def _close_reader(self) -> None:
@@ -143,10 +145,13 @@ class FileSource:
         self.origin = None
         offset = 0
         first_t = last_t = None
+        workers = self._workers
         try:
-            async with contextlib.aclosing(_decoded(reader, self._workers, self.loop)) as decoded:
+            async with contextlib.aclosing(_decoded(reader, workers, self.loop)) as decoded:
                 async for chunk in decoded:
-                    if chunk is None:  # a pass over the recording ended
+                    if chunk is None:  # a pass over the recording ended (or the source closed)
+                        if workers.closing:
+                            return
                         self.passes += 1
                         if not self.loop or first_t is None:
                             return
@@ -198,15 +203,35 @@ class FileSource:
             await asyncio.sleep(max(due_at, next_release) - clock.time())
 
 
+class _Workers:
+    """A source's decoding threads: started here, and waited for when the source closes."""
+
+    def __init__(self) -> None:
+        self.running: set[asyncio.Future] = set()
+        self.closing = False
+
+    def start(self, work: Callable[[], None]) -> asyncio.Future:
+        worker = asyncio.get_running_loop().run_in_executor(None, work)
+        self.running.add(worker)
+        worker.add_done_callback(self.running.discard)
+        return worker
+
+    async def close(self) -> None:
+        """Refuse new workers from now on, and wait for the running ones."""
+        self.closing = True
+        while self.running:
+            await asyncio.wait(set(self.running))
+
+
 async def _decoded(
-    reader: EventReader, workers: set[asyncio.Future], loop: bool
+    reader: EventReader, workers: _Workers, loop: bool
 ) -> AsyncIterator[np.ndarray | None]:
     """The reader's chunks, decoded in a worker thread that runs up to `_READ_AHEAD` chunks ahead
     of the consumer, and None at the end of each pass; with `loop`, the worker goes on with the
     next pass (after one that had events) without waiting for the consumer to get there. The
     chunks are the reader's own arrays, free to modify. `workers` holds the worker's future while
     it runs, for the owner to wait on before closing the reader. The consumer stops iterating
-    after the last pass (the worker stops there too)."""
+    after the last pass (the worker stops there too). Once the owner closes, the chunks end."""
     ahead = _ReadAhead(reader, workers, loop)
     try:
         while True:
@@ -230,11 +255,15 @@ _Taken = tuple[list[np.ndarray], bool, "BaseException | None"]
 class _ReadAhead:
     """A worker thread that keeps decoding while the consumer bins: it runs from one `next()` to
     the next without waiting for the event loop, and goes back to the pool when `_READ_AHEAD`
-    chunks wait (a replay never holds a pool thread while its consumer is slow). The event loop
-    only hears of finished chunks. Decoding and binning then overlap as far as the two threads
-    can run at once; a worker started anew for every chunk leaves gaps of a loop turn each."""
+    chunks wait (a replay never holds a pool thread while its consumer is slow). Decoding and
+    binning then overlap as far as the two threads can run at once; a worker started anew for
+    every chunk leaves gaps of a loop turn each.
 
-    def __init__(self, reader: EventReader, workers: set[asyncio.Future], loop: bool) -> None:
+    Chunks go into a deque under a lock, and the worker wakes the event loop only when the
+    consumer waits for one: a wake-up costs the worker a system call (and a hand-over of the
+    GIL, which the busy consumer then waits for) for nothing while the consumer is busy."""
+
+    def __init__(self, reader: EventReader, workers: _Workers, loop: bool) -> None:
         self._loop = asyncio.get_running_loop()
         self._reader = reader
         self._chunks: Iterator[np.ndarray] = iter(reader)
@@ -242,30 +271,36 @@ class _ReadAhead:
         self._repeat = loop
         self._pass_events = 0  # events the worker decoded in the current pass
         self._workers = workers
-        self._lock = threading.Lock()  # guards the four below across the threads
-        self._queued = 0  # items decoded and not yet taken by `next()`
-        self._running = False
+        self._lock = threading.Lock()  # guards the five below across the threads
+        self._ready: collections.deque[_Taken] = collections.deque()
+        self._running = True
         self._finished = False  # the worker delivered its last item
         self._stop = False  # the consumer left
-        self._ready: collections.deque[_Taken] = collections.deque()
+        self._waiting = False  # the consumer waits on `_arrived`
         self._arrived: asyncio.Future[None] | None = None
         self._worker: asyncio.Future[None] | None = None
-        self._running = True
         self._submit()
 
     async def next(self) -> _Taken:
-        while not self._ready:
+        while True:
+            with self._lock:
+                if self._ready:
+                    taken = self._ready.popleft()
+                    resume = not (self._running or self._finished or self._stop)
+                    self._running |= resume
+                    break
+                self._waiting = True
+                self._arrived = self._loop.create_future()
+                stopped = not self._running
             if self._worker is not None and self._worker.done():
                 self._worker.result()  # a failure of the worker itself (never of the reader)
-                if not self._running:
+                if stopped:
                     raise RuntimeError("the replay worker stopped without handing over a chunk")
-            self._arrived = self._loop.create_future()
             await self._arrived
-        taken = self._ready.popleft()
-        with self._lock:
-            self._queued -= 1
-            resume = not (self._running or self._finished or self._stop)
-            self._running |= resume
+        if resume and self._workers.closing:  # the source is closing: no new worker
+            with self._lock:
+                self._running, self._finished = False, True
+            return [], True, None
         if resume:
             self._submit()
         return taken
@@ -280,11 +315,8 @@ class _ReadAhead:
         self._chunks.close()
 
     def _submit(self) -> None:
-        worker = self._loop.run_in_executor(None, self._work)
-        self._worker = worker
-        self._workers.add(worker)
-        worker.add_done_callback(self._workers.discard)
-        worker.add_done_callback(lambda _: self._wake())
+        self._worker = self._workers.start(self._work)
+        self._worker.add_done_callback(lambda _: self._wake())
 
     def _work(self) -> None:
         """In the worker thread: decode until the consumer is `_READ_AHEAD` chunks behind, the
@@ -302,18 +334,16 @@ class _ReadAhead:
                 self._chunks = iter(self._reader)
                 self._pass_events = 0
             with self._lock:
-                self._queued += 1
+                self._ready.append(taken)
                 self._finished = error is not None or (ended and not again)
-                pause = self._finished or self._stop or self._queued >= _READ_AHEAD
+                pause = self._finished or self._stop or len(self._ready) >= _READ_AHEAD
                 if pause:
                     self._running = False
-            self._loop.call_soon_threadsafe(self._arrive, taken)
+                wake, self._waiting = self._waiting, False
+            if wake:
+                self._loop.call_soon_threadsafe(self._wake)
             if pause:
                 return
-
-    def _arrive(self, taken: _Taken) -> None:
-        self._ready.append(taken)
-        self._wake()
 
     def _wake(self) -> None:
         if self._arrived is not None and not self._arrived.done():
