@@ -19,7 +19,13 @@ from hypothesis import strategies as st
 
 import spikecut.pipeline.binning as binning
 from spikecut.errors import ConfigError
-from spikecut.pipeline.binning import S_ORIGIN, FrameBuilder, WindowSpec, bin_recording
+from spikecut.pipeline.binning import (
+    S_ORIGIN,
+    FrameBuilder,
+    WindowSpec,
+    bin_recording,
+    frames_for_recording,
+)
 from spikecut.sources.events import make_events
 from tests.test_binning_chunks import ROIS, H, W, streams
 
@@ -230,22 +236,41 @@ def test_threads_must_be_positive() -> None:
             bin_recording(ordered_stream(10, 0), (W, H), WindowSpec(window_us=5), threads=threads)
 
 
-def test_float32_counts_past_exactness_go_to_the_engine() -> None:
-    """float32 counts are exact only up to 2**24 (lowered to 3 here): a window that would count
-    past it is left to the engine's int32 counters, whose frames are the same."""
+def test_float32_counts_saturate_where_float32_stops_counting() -> None:
+    """float32 holds counts exactly up to 2**24 (lowered to 3 here); there they saturate, and
+    are counted as clipped, the same in every path: streamed float32 counters, the direct path,
+    the engine's int32 counters."""
     events = ordered_stream(2_000, seed=9)
     spec = WindowSpec(window_us=2_000)
-    engine_ran = []
-    engine = binning._Recording
+    with mock.patch.object(binning, "_FLOAT32_MAX_COUNT", 3):
+        builder = FrameBuilder(spec, (W, H))
+        streamed_windows = builder.push(events) + builder.finish()
+        direct = bin_recording(events, (W, H), spec, threads=2)
+        engine = engine_recording(events, spec, "emit")
+    frames = np.stack([w.frames for w in streamed_windows])
+    assert frames.max() == 3 and builder.totals.clipped > 0
+    assert frames.tobytes() == direct.frames.tobytes()
+    assert builder.totals == direct.drops
+    assert_same_recording(direct, engine)
 
-    def watched(*args, **kwargs):
-        engine_ran.append(True)
-        return engine(*args, **kwargs)
 
-    with (
-        mock.patch.object(binning, "_FLOAT32_EXACT", 3),
-        mock.patch.object(binning, "_Recording", watched),
-    ):
-        got = bin_recording(events, (W, H), spec, threads=2)
-    assert engine_ran
-    assert_same_recording(got, engine_recording(events, spec, "emit"))
+def test_big_float32_frames_are_the_slot_itself_and_stay_the_receivers() -> None:
+    """A 640x480 float32 stream has a ring of one slot, handed out as the window's frames (a
+    zeroed one takes its place): the frames equal the whole-recording ones, and writing to a
+    received window changes nothing that follows."""
+    rng = np.random.default_rng(3)
+    n = 200_000
+    events = make_events(
+        np.sort(rng.integers(0, 100_000, n)), rng.integers(0, 640, n), rng.integers(0, 480, n),
+        rng.integers(0, 2, n),
+    )  # fmt: skip
+    spec = WindowSpec(window_us=10_000)
+    builder = FrameBuilder(spec, (640, 480))
+    assert builder._hands_out_slot
+    received = []
+    for chunk in np.array_split(events, 7):
+        for window in builder.push(chunk):
+            received.append(window.frames.copy())
+            window.frames[:] = -1  # the receiver's to scribble on
+    received += [w.frames for w in builder.finish()]
+    assert np.stack(received).tobytes() == frames_for_recording(events, (640, 480), spec).tobytes()

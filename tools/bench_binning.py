@@ -76,6 +76,7 @@ from spikecut.pipeline.binning import FrameBuilder, WindowSpec, frames_for_recor
 from spikecut.pipeline.filters import EventFilter  # noqa: E402
 from spikecut.pipeline.windowing import windows  # noqa: E402
 from spikecut.sources import open_source, read_events  # noqa: E402
+from spikecut.sources.replay import REPLAY_CHUNK_EVENTS  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 RECORDING = SHARED / "real" / "aedat4" / "davis346_aestream_example.aedat4"
@@ -164,6 +165,15 @@ def references(events: np.ndarray, width: int, height: int, shape: tuple[int, ..
     }
 
 
+def check_identical(functions: dict[str, Callable[[], np.ndarray]]) -> np.ndarray:
+    """Every function's frames, checked equal (shape, dtype aside); ours."""
+    outputs = {name: function() for name, function in functions.items()}
+    ours = outputs.pop("ours")
+    for name, frames in outputs.items():
+        assert frames.shape == ours.shape and np.array_equal(frames, ours), f"{name} differs"
+    return ours
+
+
 def bench_binning(events: np.ndarray, width: int, height: int, repeat: int) -> dict:
     import tonic.transforms as tonic_transforms
 
@@ -178,16 +188,17 @@ def bench_binning(events: np.ndarray, width: int, height: int, repeat: int) -> d
     edges = t0 + window * np.arange(n_windows + 1)
     functions = {
         "ours": lambda: frames_for_recording(events, (width, height), spec, end="drop"),
+        "ours, one thread": lambda: frames_for_recording(
+            events, (width, height), spec, end="drop", threads=1
+        ),
         "tonic ToFrame": lambda: to_frame(events),
         "np.bincount": lambda: bincount_frames(events, width, height, edges),
     }
-    ours, theirs, numpy = (f() for f in functions.values())
-    assert ours.shape == theirs.shape == numpy.shape, (ours.shape, theirs.shape, numpy.shape)
-    assert np.array_equal(ours, theirs) and np.array_equal(ours, numpy), "frames differ"
+    ours = check_identical(functions)
     functions |= references(events, width, height, ours.shape)
     results["binning 50 ms windows"] = summarise(Samples(functions, repeat), len(events))
     results["binning 50 ms windows"]["frames"] = list(ours.shape)
-    del ours, theirs, numpy
+    del ours
 
     n_bins = 10
     width_us = (t_last - t0) // n_bins
@@ -196,11 +207,11 @@ def bench_binning(events: np.ndarray, width: int, height: int, repeat: int) -> d
     edges = t0 + width_us * np.arange(n_bins + 1)
     functions = {
         "ours": lambda: frames_for_recording(events, (width, height), spec),
+        "ours, one thread": lambda: frames_for_recording(events, (width, height), spec, threads=1),
         "tonic ToFrame": lambda: to_frame(events),
         "np.bincount": lambda: bincount_frames(events, width, height, edges),
     }
-    ours, theirs, numpy = (f() for f in functions.values())
-    assert np.array_equal(ours, theirs) and np.array_equal(ours, numpy), "frames differ"
+    ours = check_identical(functions)
     functions |= references(events, width, height, ours.shape)
     results["binning 10 bins"] = summarise(Samples(functions, repeat), len(events))
     results["binning 10 bins"]["frames"] = list(ours.shape)
@@ -341,7 +352,7 @@ def bench_file_to_windows(
     events: np.ndarray, info, copies: int, repeat: int, nmnist: list[np.ndarray] | None
 ) -> dict:
     n_events = asyncio.run(_drain_source(copies))
-    step = READER_CHUNK
+    step = REPLAY_CHUNK_EVENTS
     chunks = [events[i : i + step].copy() for i in range(0, len(events), step)]
     spec = WindowSpec(window_us=10_000)
     spin(1)  # compile

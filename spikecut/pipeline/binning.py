@@ -1136,10 +1136,14 @@ def _store_closed(
 # --- the builder ---------------------------------------------------------------------------------
 
 
+#: float32 holds every count up to here exactly (and no more: beyond, increments are lost).
+_FLOAT32_MAX_COUNT = 2**24
+
+
 def _effective_cap(spec: WindowSpec) -> int:
     dtype = np.dtype(spec.dtype)
     if dtype.kind == "f":
-        dtype_max = 65504 if dtype.itemsize == 2 else _INT32_MAX
+        dtype_max = {2: 65504, 4: _FLOAT32_MAX_COUNT}.get(dtype.itemsize, _INT32_MAX)
     else:
         dtype_max = min(int(np.iinfo(dtype).max), _INT32_MAX)
     return min(spec.clip or _INT32_MAX, dtype_max)
@@ -1250,11 +1254,13 @@ class FrameBuilder:
 
         self._out_dtype = np.dtype(spec.dtype)
         cap = _effective_cap(spec)
-        # Counts are int32 whatever the frame dtype (one compiled kernel family, not one per
-        # dtype). They saturate at every increment (C_ROOM = cap: the saturation test is
-        # skipped only where no count can reach the cap), or, deferring, when the window is
-        # taken: then the test is skipped until a count could overflow.
-        acc_dtype = np.dtype(np.int32)
+        # Counts are int32 (one compiled kernel family for every frame dtype), or float32 for
+        # float32 frames streamed (see `_windows`). They saturate at every increment (C_ROOM =
+        # cap: the saturation test is skipped only where no count can reach the cap), or,
+        # deferring, when the window is taken: then the test is skipped until a count could
+        # overflow.
+        streamed_float32 = self._out_dtype == np.float32 and not self._defers_saturation
+        acc_dtype = np.dtype(np.float32 if streamed_float32 else np.int32)
         # Beyond the open windows, the ring holds completed ones the kernel may run ahead with
         # (fewer returns to Python), but within _RING_SLACK_BYTES: a slot is reused `ring`
         # windows later, and big frames had better still be in cache by then. Frames over it
@@ -1275,6 +1281,9 @@ class FrameBuilder:
         self._acc = np.zeros(ring * n_pol * plane, dtype=acc_dtype)
         self._slots = (self._slot_n, self._slot_tfirst, self._slot_tlast)
         self._zeroed = np.zeros(ring, dtype=bool)  # slot already emptied by take_counts
+        # A ring of one slot in the frames' dtype is handed out as the window's frames, and a
+        # zeroed one takes its place: no move of the counts, no clearing of the slot.
+        self._hands_out_slot = ring == 1 and acc_dtype == self._out_dtype
         self._finished = False  # everything above starts as reset() leaves it
 
     # -- public API --
@@ -1388,8 +1397,13 @@ class FrameBuilder:
 
     def _windows(self, closed: Iterator[_Closed], *, wall_clock: bool) -> Iterator[Window]:
         for c in closed:
-            frames = np.empty(self.frame_shape, dtype=self._out_dtype)
-            self.take_counts(c.slot, frames)
+            if self._hands_out_slot:
+                frames = self._acc.reshape(self.frame_shape)
+                self._acc = np.zeros_like(self._acc)
+                self._zeroed[c.slot] = True
+            else:
+                frames = np.empty(self.frame_shape, dtype=self._out_dtype)
+                self.take_counts(c.slot, frames)
             yield Window(
                 index=c.index,
                 frames=frames,
@@ -1621,9 +1635,8 @@ def _drops_from(cnt: np.ndarray) -> Drops:
 # and the frames are written once. It follows the engine's rules event for event (validation,
 # lateness and the clock that drives it, the single-window segment, ROI, saturation, bins beyond
 # the span) and gives up (`_DIRECT_*` statuses) wherever the engine would do something it does
-# not: a resync, a float32 count past 2**24 (exact there only through int32 counters), or more
-# events in one window after a fixed n_bins span than the cap (the engine counts their
-# saturation as clipped, although no frame holds them).
+# not: a resync, or more events in one window after a fixed n_bins span than the cap (the engine
+# counts their saturation as clipped, although no frame holds them).
 # `bin_recording` then falls back to the engine. Two threads can share a long recording: each
 # takes the windows on its side of a window boundary; see `_bin_direct`.
 
@@ -1632,9 +1645,7 @@ def _drops_from(cnt: np.ndarray) -> Drops:
 # the current window), whether a window is open; then, not part of the state a part hands on,
 # the events after a fixed n_bins span, and the window after it being counted and its events.
 D_K, D_FLOOR, D_CLOCK, D_OPEN, D_BEYOND, D_BEYOND_K, D_BEYOND_N, N_D = range(8)
-_DIRECT_OK, _DIRECT_GAP, _DIRECT_FULL, _DIRECT_INEXACT, _DIRECT_CONFLICT = range(5)
-_DIRECT_BEYOND = 5
-_FLOAT32_EXACT = 2**24  # float32 counts are exact up to here
+_DIRECT_OK, _DIRECT_GAP, _DIRECT_FULL, _DIRECT_CONFLICT, _DIRECT_BEYOND = range(5)
 
 
 @njit(cache=True, nogil=True)
@@ -1650,17 +1661,15 @@ def _direct_run(
     d_state: np.ndarray,
     cnt: np.ndarray,
     limit: np.int64,
-    exact: np.int64,
     k_min: np.int64,
     k_max: np.int64,
 ) -> int:
     """Count events[i:i_end] into frames[k] ([windows, plane]) and counted[k], from `d_state`
     on. Counts into windows outside [k_min, k_max) are refused (_DIRECT_CONFLICT, with
-    _DIRECT_FULL when k_max is the output's end): another thread owns them. `exact`: counts up
-    to here are exact in the frames' dtype. Returns a status; d_state holds where it stopped."""
+    _DIRECT_FULL when k_max is the output's end): another thread owns them. Returns a status;
+    d_state holds where it stopped."""
     size = np.uint64(frames.shape[1])
     cap = cfg[C_CAP]
-    room_cap = min(cap, exact)
     max_gap = cfg[C_MAX_GAP]
     width, height = cfg[C_WIDTH], cfg[C_HEIGHT]
     full = _DIRECT_FULL if k_max == frames.shape[0] else _DIRECT_CONFLICT
@@ -1678,7 +1687,7 @@ def _direct_run(
             start = i
             cropped = np.int64(0)
             clipped = np.int64(0)
-            stop = min(i_end, i + max(room_cap - counted[k], 0))
+            stop = min(i_end, i + max(cap - counted[k], 0))
             while stop > i:
                 i = _count_run_unclipped(events, i, stop, lo, t_span, lut, frame)
                 skipped = i
@@ -1687,11 +1696,6 @@ def _direct_run(
                     break
                 cropped += i - skipped
             if i == stop and stop < i_end:
-                if room_cap < cap:
-                    status = _DIRECT_INEXACT
-                    counted[k] += i - start - cropped
-                    cnt[K_ROI] += cropped
-                    break
                 i, clipped, more = _count_run(events, i, i_end, lo, t_span, lut, frame, cap)
                 cropped += more
             counted[k] += i - start - cropped
@@ -1746,9 +1750,6 @@ def _direct_run(
             continue
         if k < k_min or k >= k_max:
             status = _DIRECT_CONFLICT if k < k_min else full
-            break
-        if counted[k] >= room_cap and room_cap < cap:
-            status = _DIRECT_INEXACT
             break
         c = frames[k, j]
         if c < cap:
@@ -1933,7 +1934,6 @@ def _run_parts(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Run the parts, one thread each; (counts per window, drop counters, end state) or None."""
     frames = store.frames.reshape(store.frames.shape[0], -1)
-    exact = np.int64(_FLOAT32_EXACT if frames.dtype == np.float32 else _I64_MAX)
     counted = np.zeros(frames.shape[0], dtype=np.int64)
     states = [part.state.copy() for part in parts]
     counters = [np.zeros(N_CNT, dtype=np.int64) for _ in parts]
@@ -1943,7 +1943,7 @@ def _run_parts(
         part = parts[q]
         statuses[q] = _direct_run(
             events, part.i, part.i_end, cfg, origin, lut, frames, counted, states[q],
-            counters[q], limit, exact, np.int64(part.k_min), np.int64(part.k_max),
+            counters[q], limit, np.int64(part.k_min), np.int64(part.k_max),
         )  # fmt: skip
 
     helpers = [threading.Thread(target=run, args=(q,)) for q in range(1, len(parts))]

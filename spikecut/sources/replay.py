@@ -33,10 +33,14 @@ import numpy as np
 from spikecut.errors import ConfigError
 from spikecut.sources.events import StreamInfo
 from spikecut.sources.files import open_reader
-from spikecut.sources.reader import DEFAULT_CHUNK_EVENTS, EventReader
+from spikecut.sources.reader import EventReader
 
 #: A paced replay releases the events that are due at most this often (seconds of wall time).
 _TICK_S = 0.001
+#: Events per chunk a replay decodes (4x a reader's default): each chunk's hand-over from the
+#: worker costs the binning thread a wait for the GIL, so fewer, bigger chunks overlap decoding
+#: and binning better (file to 10 ms windows of a DAVIS346 recording: about 1.1x faster).
+REPLAY_CHUNK_EVENTS = 1 << 18
 
 
 class FileSource:
@@ -54,7 +58,7 @@ class FileSource:
         *,
         speed: float | None = None,
         loop: bool = False,
-        chunk_events: int = DEFAULT_CHUNK_EVENTS,
+        chunk_events: int = REPLAY_CHUNK_EVENTS,
         lenient: bool = False,
         sensor_size: tuple[int, int] | None = None,
         format: str | None = None,
