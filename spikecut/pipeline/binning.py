@@ -30,8 +30,8 @@ make the stage spin out billions of empty windows or drop everything after it.
 Per event, in order: ingest validation (coordinates outside the sensor, polarity > 1, or |t| beyond
 2**61 µs are dropped and counted; nothing unchecked ever indexes an array), late check, hot-pixel
 mask, refractory filter, denoise filter, ROI crop, downsample, count. Counts saturate at the
-effective clip (`min(clip, max of dtype)`), and every saturated increment is counted as `clipped`:
-a count never wraps around.
+effective clip (`min(clip, max of dtype)`, 2**24 for float32), and every saturated increment is
+counted as `clipped`: a count never wraps around.
 """
 
 from __future__ import annotations

@@ -137,6 +137,23 @@ def _length(src, s, s_end, base):  # pragma: no cover (compiled)
             return base, s
 
 
+@njit(cache=True, inline="always")
+def _copy(dst, d, src, s, n, step):  # pragma: no cover (compiled)
+    """dst[d:d + n] = src[s:s + n], front to back: by moves of `step` bytes (16 or 8) where both
+    arrays have room for the last one's overshoot, else (and for step 1) byte by byte."""
+    if step > 1 and s + n + step <= src.shape[0] and d + n + step <= dst.shape[0]:
+        k = 0
+        while k < n:
+            if step == 16:
+                _copy16(dst, d + k, src, s + k)
+            else:
+                _copy8(dst, d + k, src, s + k)
+            k += step
+    else:
+        for k in range(n):
+            dst[d + k] = src[s + k]
+
+
 @njit(cache=True, nogil=True)
 def _block(src, s, s_end, dst, d, d_min, d_end):  # pragma: no cover (compiled)
     """Decode the LZ4 block src[s:s_end] to dst[d:]; matches may reach back to d_min. Returns
@@ -180,14 +197,7 @@ def _block(src, s, s_end, dst, d, d_min, d_end):  # pragma: no cover (compiled)
                 return -1
             if literals > d_end - d:
                 return -2
-            if s + literals + 16 <= src_size and d + literals + 16 <= dst_size:
-                k = 0
-                while k < literals:
-                    _copy16(dst, d + k, src, s + k)
-                    k += 16
-            else:
-                for k in range(literals):
-                    dst[d + k] = src[s + k]
+            _copy(dst, d, src, s, literals, 16)
             s += literals
             d += literals
             if s == s_end:  # the last sequence has literals only
@@ -205,20 +215,9 @@ def _block(src, s, s_end, dst, d, d_min, d_end):  # pragma: no cover (compiled)
             return -1
         if length > d_end - d:
             return -2
-        m = d - offset
-        if offset >= 16 and d + length + 16 <= dst_size:
-            k = 0
-            while k < length:  # each move reads only bytes written before it
-                _copy16(dst, d + k, dst, m + k)
-                k += 16
-        elif offset >= 8 and d + length + 8 <= dst_size:
-            k = 0
-            while k < length:
-                _copy8(dst, d + k, dst, m + k)
-                k += 8
-        else:
-            for k in range(length):
-                dst[d + k] = dst[m + k]
+        # Each move reads only bytes written before it (offset >= its size); shorter offsets
+        # repeat bytes still being written: one at a time.
+        _copy(dst, d, dst, d - offset, length, 16 if offset >= 16 else 8 if offset >= 8 else 1)
         d += length
     return d
 
