@@ -9,13 +9,15 @@ Events: the DAVIS346 AEDAT4 recording of ../shared (117,667 events, 130 ms) tile
 (default 86: 10.1 M events, 11.2 s), each copy shifted in time so timestamps keep increasing.
 
 - binning, two settings: fixed 50 ms windows (224 frames) and 10 equal bins over the recording
-  (the training layout). Ours is `frames_for_recording` (ingest validation, ring, output frames);
-  tonic is `ToFrame`; numpy is one `np.bincount` per window over precomputed pixel indices. For
-  the bins, ours gets tonic's span (n * (duration // n)) so the frames can be compared exactly.
-  Two reference rows, not baselines, bound what any implementation can do on this machine:
-  writing the same output with numpy (`np.zeros(frames.shape).fill(1)`: page faults and memory
-  bandwidth) and a bare scatter loop (Numba: the same events into one frame, no validation, no
-  windows, no saturation). Ours cannot beat their sum by much.
+  (the training layout). Ours is `frames_for_recording` as a user calls it (ingest validation,
+  counted straight into the output frames; two threads on a machine with two free cores, the
+  default for recordings of 2**21 events or more), and, as an extra row, the same with
+  `threads=1`; tonic is `ToFrame`; numpy is one `np.bincount` per window over precomputed pixel
+  indices (both single-threaded). For the bins, ours gets tonic's span (n * (duration // n)) so
+  the frames can be compared exactly. Two reference rows, not baselines, bound what one thread can
+  do on this machine: writing the same output with numpy (`np.zeros(frames.shape).fill(1)`: page
+  faults and memory bandwidth) and a bare scatter loop (Numba: the same events into one frame, no
+  validation, no windows, no saturation).
 - N-MNIST (extra rows, the product's small case; skipped without ../shared/data/nmnist_1k): the
   1000 real 34x34 samples one by one, 10 bins each, as training frames them (`WindowSpec(n_bins=10)`
   over each sample's own span, float32), against tonic `ToFrame(n_time_bins=10)` and the bincount
@@ -27,11 +29,11 @@ Events: the DAVIS346 AEDAT4 recording of ../shared (117,667 events, 130 ms) tile
 - file to windows: `windows(open_source(aedat4, loop=True), 10 ms float32 windows)` against
   draining the same `open_source` bare, both until `--copies` passes of the file went through;
   plus, to show where the time goes, the windowing stage alone on the already decoded events (in
-  chunks of the reader's size, 65,536 events) and on N-MNIST samples back to back (34x34
-  frames, 10 bins per 300 ms: the per-window cost when frames are small). The target row uses
-  10 ms windows, the hardest setting (a 720 KB float32 frame per 9,000 events); extra rows repeat
-  ours against bare decoding with longer windows (`--file-window-ms`, default 50 and 100 ms: the
-  timesteps of the paper's DVS presets are 80-130 ms), where the per-window cost weighs less.
+  chunks of a replay's size, 2**18 events) and on N-MNIST samples back to back (34x34 frames, 10
+  bins per 300 ms: the per-window cost when frames are small). The target row uses 10 ms
+  windows, the hardest setting (a 720 KB float32 frame per 9,000 events); extra rows repeat ours
+  against bare decoding with longer windows (`--file-window-ms`, default 50 and 100 ms: the
+  timesteps of the paper's DVS presets are 80-130 ms).
 
 - ROI (extra rows, the documented `spikecut replay drive.raw --roi 82,2,476,476 --downsample 14`
   into a 34x34 network): the Prophesee EVT2 sparklers recording (640x480, 521,252 events, 36 % of
