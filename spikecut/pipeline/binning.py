@@ -1643,9 +1643,23 @@ def _drops_from(cnt: np.ndarray) -> Drops:
 # Direct-run state, in and out: the clock's window, the floor (start of that window), the clock
 # (t of the event that opened that window: the engine moves its clock only when an event leaves
 # the current window), whether a window is open; then, not part of the state a part hands on,
-# the events after a fixed n_bins span, and the window after it being counted and its events.
-D_K, D_FLOOR, D_CLOCK, D_OPEN, D_BEYOND, D_BEYOND_K, D_BEYOND_N, N_D = range(8)
+# the events after a fixed n_bins span, and the window after it being counted and its events;
+# last, where `_warm`'s reads go (so that the compiler keeps them).
+D_K, D_FLOOR, D_CLOCK, D_OPEN, D_BEYOND, D_BEYOND_K, D_BEYOND_N, D_SINK, N_D = range(9)
 _DIRECT_OK, _DIRECT_GAP, _DIRECT_FULL, _DIRECT_CONFLICT, _DIRECT_BEYOND = range(5)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _warm(frame: np.ndarray) -> np.int64:
+    """Read one value per cache line of a window's frame, in order, before the window's events
+    scatter into it: the hardware prefetcher streams it into cache, where the scattered writes
+    then hit (fresh output memory otherwise costs a miss per line: one thread, 50 ms windows of
+    a 346x260 recording, 1.15x faster)."""
+    step = max(64 // frame.itemsize, 1)
+    total = np.int64(0)
+    for q in range(0, frame.shape[0], step):
+        total += np.int64(frame[q])
+    return total
 
 
 @njit(cache=True, nogil=True)
@@ -1730,6 +1744,8 @@ def _direct_run(
             floor = max(floor, lo)
             is_open = True
             stored = limit < 0 or k < limit
+            if stored and k_min <= k < k_max:
+                d_state[D_SINK] = _warm(frames[k])
         j = _offset(lut, e)
         if j >= size:
             cnt[K_ROI] += 1
@@ -1831,7 +1847,7 @@ def _plan_parts(
     """Cut the events at window boundaries near equal event counts (binary search on t)."""
     width, height = int(cfg[C_WIDTH]), int(cfg[C_HEIGHT])
     t = events["t"]  # read by index only: np.searchsorted would copy the whole strided column
-    start = np.array([0, origin, origin, 0, 0, -1, 0], dtype=np.int64)  # no window open yet
+    start = np.array([0, origin, origin, 0, 0, -1, 0, 0], dtype=np.int64)  # no window open yet
     cuts: list[tuple[int, int, np.ndarray]] = [(0, 0, start)]  # events before `first`: garbage
     for q in range(1, n_parts):
         i = _first_valid(events, first + (len(events) - first) * q // n_parts, width, height, 1)
@@ -1849,7 +1865,7 @@ def _plan_parts(
         opener = _first_valid(events, max(_search_t(events, floor), first), width, height, 1)
         if opener < 0:
             continue
-        state = np.array([k_open, max(floor, origin), t[opener], 1, 0, -1, 0], dtype=np.int64)
+        state = np.array([k_open, max(floor, origin), t[opener], 1, 0, -1, 0, 0], dtype=np.int64)
         cuts.append((cut, int(k), state))
     ends = [cut for cut, _, _ in cuts[1:]] + [len(events)]
     k_ends = [k for _, k, _ in cuts[1:]] + [k_end]
