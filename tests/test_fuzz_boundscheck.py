@@ -1,5 +1,5 @@
-"""Run the fuzz tests again with Numba's bounds checking switched on: a decoder kernel that
-read or wrote outside its buffers would then raise IndexError, which the fuzz tests refuse."""
+"""Run the fuzz tests again with Numba's bounds checking switched on: a decoder or binning kernel
+that read or wrote outside its buffers would then raise IndexError, which the tests refuse."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(500)
 def test_fuzz_with_numba_boundscheck(tmp_path, real_data):
     env = {
         **os.environ,
@@ -25,7 +25,7 @@ def test_fuzz_with_numba_boundscheck(tmp_path, real_data):
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
          "tests/test_fuzz_readers.py", "tests/test_readers_bad_input.py",
-         "tests/test_aedat4_decoder.py", "tests/test_lz4.py"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=280,
+         "tests/test_aedat4_decoder.py", "tests/test_lz4.py", "tests/test_binning_paths.py"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=480,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
