@@ -57,6 +57,7 @@ from spikecut.pipeline.filters import (
     _filter_event,
     check_duration,
     filter_state,
+    outside_sensor,
     sensor_dims,
 )
 from spikecut.sources.events import StreamInfo, as_events
@@ -537,6 +538,39 @@ def _skip_cropped(
 
 
 @njit(cache=True, nogil=True)
+def _count_window(
+    events: np.ndarray,
+    i: int,
+    i_end: int,
+    room: np.int64,
+    t_lo: np.int64,
+    t_span: np.uint64,
+    lut: np.ndarray,
+    frame: np.ndarray,
+    cap: np.int64,
+) -> tuple[int, np.int64, np.int64]:
+    """Count the unfiltered events from i on that fall in [t_lo, t_lo + t_span) into one
+    window's frame, up to i_end; events outside the ROI are counted as cropped. The first `room`
+    take the loop without the saturation test (the caller proves no count can reach the cap
+    before), the rest the saturating one. Returns (where it stopped, clipped, cropped)."""
+    size = np.uint64(frame.shape[0])
+    cropped = np.int64(0)
+    clipped = np.int64(0)
+    stop = min(i_end, i + max(room, 0))
+    while stop > i:
+        i = _count_run_unclipped(events, i, stop, t_lo, t_span, lut, frame)
+        skipped = i
+        i = _skip_cropped(events, i, stop, t_lo, t_span, lut, size)
+        if i == skipped:
+            break
+        cropped += i - skipped
+    if i == stop and stop < i_end:
+        i, clipped, more = _count_run(events, i, i_end, t_lo, t_span, lut, frame, cap)
+        cropped += more
+    return i, clipped, cropped
+
+
+@njit(cache=True, nogil=True)
 def _filtered_run(
     events: np.ndarray,
     i: int,
@@ -701,22 +735,10 @@ def _run_segment(
         start = i
         i_end = min(n, i + budget)
         if filters is None:
-            clipped = np.int64(0)
-            cropped = np.int64(0)
             room = cfg[C_ROOM] - slot_n[slot] - st[S_SEG_COUNT]
-            stop = min(i_end, i + max(room, 0))
-            while stop > i:
-                i = _count_run_unclipped(events, i, stop, t_lo, t_span, lut, frame)
-                skipped = i
-                i = _skip_cropped(events, i, stop, t_lo, t_span, lut, np.uint64(plane))
-                if i == skipped:
-                    break
-                cropped += i - skipped
-            if i == stop and stop < i_end:
-                i, clipped, more = _count_run(
-                    events, i, i_end, t_lo, t_span, lut, frame, cfg[C_CAP]
-                )
-                cropped += more
+            i, clipped, cropped = _count_window(
+                events, i, i_end, room, t_lo, t_span, lut, frame, cfg[C_CAP]
+            )
             counted = i - start - cropped
             if counted != 0:
                 if cropped == 0:
@@ -760,12 +782,7 @@ def _run_segment(
         # The event that stopped the run: one `_step` would only count as outside or late?
         e = events[i]
         t = e.t
-        if (
-            (np.int64(e.x) >= cfg[C_WIDTH])
-            | (np.int64(e.y) >= cfg[C_HEIGHT])
-            | (e.p > 1)
-            | (np.uint64(t + T_LIMIT) > np.uint64(2 * T_LIMIT))
-        ):
+        if outside_sensor(e, cfg[C_WIDTH], cfg[C_HEIGHT]):
             cnt[K_OUTSIDE] += 1
             i += 1
             continue
@@ -812,7 +829,7 @@ def _step(
     x = np.int64(e.x)
     y = np.int64(e.y)
     p = np.int64(e.p)
-    if x >= width or y >= height or p > 1 or t > T_LIMIT or t < -T_LIMIT:
+    if outside_sensor(e, width, height):
         cnt[K_OUTSIDE] += 1
         return i + 1
 
@@ -1696,22 +1713,10 @@ def _direct_run(
         stored = limit < 0 or k < limit
         if is_open and stored and k_min <= k < k_max:
             # The run of events inside window k, as the engine's `_run_segment` takes it.
-            frame = frames[k]
-            t_span = np.uint64(hi - lo)
             start = i
-            cropped = np.int64(0)
-            clipped = np.int64(0)
-            stop = min(i_end, i + max(cap - counted[k], 0))
-            while stop > i:
-                i = _count_run_unclipped(events, i, stop, lo, t_span, lut, frame)
-                skipped = i
-                i = _skip_cropped(events, i, stop, lo, t_span, lut, size)
-                if i == skipped:
-                    break
-                cropped += i - skipped
-            if i == stop and stop < i_end:
-                i, clipped, more = _count_run(events, i, i_end, lo, t_span, lut, frame, cap)
-                cropped += more
+            i, clipped, cropped = _count_window(
+                events, i, i_end, cap - counted[k], lo, np.uint64(hi - lo), lut, frames[k], cap
+            )
             counted[k] += i - start - cropped
             cnt[K_ROI] += cropped
             cnt[K_CLIPPED] += clipped
@@ -1720,12 +1725,7 @@ def _direct_run(
         # The event at i leaves the window (or no window is open): the engine's general path.
         e = events[i]
         t = e.t
-        if (
-            (np.int64(e.x) >= width)
-            | (np.int64(e.y) >= height)
-            | (e.p > 1)
-            | (np.uint64(t + T_LIMIT) > np.uint64(2 * T_LIMIT))
-        ):
+        if outside_sensor(e, width, height):
             cnt[K_OUTSIDE] += 1
             i += 1
             continue
@@ -1798,13 +1798,7 @@ def _first_valid(events: np.ndarray, i: int, width: int, height: int, step: int)
     validation; -1 if none."""
     n = events.shape[0]
     while 0 <= i < n:
-        e = events[i]
-        if (
-            np.int64(e.x) < width
-            and np.int64(e.y) < height
-            and e.p <= 1
-            and -T_LIMIT <= e.t <= T_LIMIT
-        ):
+        if not outside_sensor(events[i], width, height):
             return i
         i += step
     return -1
@@ -2103,14 +2097,8 @@ def _scan_valid(events: np.ndarray, width: int, height: int) -> tuple[int, np.in
     t_max = events[0].t if n else np.int64(0)
     for i in range(n):  # clean recordings: one quick branch-free pass
         e = events[np.uint64(i)]
-        t = e.t
-        n_bad += (
-            (np.int64(e.x) >= width)
-            | (np.int64(e.y) >= height)
-            | (e.p > 1)
-            | (np.uint64(t + T_LIMIT) > np.uint64(2 * T_LIMIT))
-        )
-        t_max = max(t_max, t)
+        n_bad += outside_sensor(e, width, height)
+        t_max = max(t_max, e.t)
     if n_bad == 0:
         return n, events[0].t if n else np.int64(0), t_max
     n_valid = 0
@@ -2118,7 +2106,7 @@ def _scan_valid(events: np.ndarray, width: int, height: int) -> tuple[int, np.in
     for i in range(n):
         e = events[np.uint64(i)]
         t = e.t
-        if e.x >= width or e.y >= height or e.p > 1 or t > T_LIMIT or t < -T_LIMIT:
+        if outside_sensor(e, width, height):
             continue
         if n_valid == 0:
             t_first = t

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 from numba import njit
@@ -51,6 +52,18 @@ KEEP = 0
 REJECT_HOT = 1
 REJECT_REFRACTORY = 2
 REJECT_DENOISE = 3
+
+
+@njit(cache=True, nogil=True, inline="always")
+def outside_sensor(e: Any, width: int, height: int) -> bool:
+    """Ingest validation of one event: coordinates outside the sensor, polarity > 1, or |t| >
+    T_LIMIT (one branch-free test; the unsigned sum is huge for t < -T_LIMIT)."""
+    return (
+        (np.int64(e.x) >= width)
+        | (np.int64(e.y) >= height)
+        | (e.p > 1)
+        | (np.uint64(e.t + T_LIMIT) > np.uint64(2 * T_LIMIT))
+    )
 
 
 @njit(cache=True, nogil=True)
@@ -116,17 +129,12 @@ def _filter_chunk(
     rejected = np.zeros(4, dtype=np.int64)
     for i in range(events.shape[0]):
         e = events[np.uint64(i)]
+        if outside_sensor(e, width, height):
+            outside += 1
+            continue
         t = e.t
         x = np.int64(e.x)
         y = np.int64(e.y)
-        if (
-            (x >= width)
-            | (y >= height)
-            | (e.p > 1)
-            | (np.uint64(t + T_LIMIT) > np.uint64(2 * T_LIMIT))
-        ):
-            outside += 1
-            continue
         outcome = _filter_event(
             t, x, y, width, hot, refractory_us, refractory_memory, filter_us, denoise_memory
         )
