@@ -227,3 +227,15 @@ def test_reader_closes_between_chunks(tmp_path):
     reader.close()
     with pytest.raises(ValueError, match="closed"):
         next(chunks)
+
+
+def test_lz4_content_larger_than_the_scratch_grows_it(tmp_path):
+    """A frame whose content does not fit the reader's scratch buffer is decoded again into a
+    bigger one (here from 64 bytes): the same events."""
+    data, events, _ = _two_packet_file(tmp_path, lz4=True)
+    path = tmp_path / "lz4.aedat4"
+    path.write_bytes(data)
+    with Aedat4Reader(path) as reader:
+        reader._scratch = np.empty(64, dtype=np.uint8)
+        assert np.concatenate(list(reader)).tobytes() == events.tobytes()
+        assert reader._scratch.size > 16_384 * 16

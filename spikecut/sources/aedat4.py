@@ -50,8 +50,7 @@ from spikecut.sources.lz4 import (
     LZ4_NEED_SPACE,
     LZ4_OK,
     LZ4_TOO_LARGE,
-    MAX_RATIO,
-    SLACK,
+    bigger_output,
     lz4_frame,
 )
 from spikecut.sources.reader import EventReader, keep_track, noted, tracked
@@ -435,16 +434,11 @@ class Aedat4Reader(EventReader):
         return np.frombuffer(self._map, dtype=np.uint8)
 
     def _grow_scratch(self, needed: int, frame_size: int, offset: int) -> None:
-        """Room for a bigger LZ4 frame's content; a frame that wants more than any LZ4 frame of
-        its size can hold is damaged."""
-        most = MAX_RATIO * frame_size + SLACK
-        if self._scratch.size >= most:
-            raise self._error(
-                CorruptFileError,
-                f"undecodable LZ4 frame: {frame_size} bytes decompress to more than {most} bytes",
-                offset=offset,
-            )
-        self._scratch = np.empty(min(max(needed + SLACK, 2 * self._scratch.size), most), np.uint8)
+        """Room for a bigger LZ4 frame's content (see `bigger_output`)."""
+        try:
+            self._scratch = bigger_output(self._scratch, needed, frame_size)
+        except ValueError as exc:
+            raise self._error(CorruptFileError, f"undecodable LZ4 frame: {exc}", offset) from None
 
     def _check_table(self) -> None:
         if self._table_missing:

@@ -302,6 +302,16 @@ def lz4_frame(src, s, s_end, dst):  # pragma: no cover (compiled)
     return d, LZ4_OK, 0
 
 
+def bigger_output(dst: np.ndarray, needed: int, frame_size: int) -> np.ndarray:
+    """The output to retry `lz4_frame` with after LZ4_NEED_SPACE (it said `needed` bytes):
+    twice as big at least, never beyond what a frame of `frame_size` bytes can hold. Raises
+    ValueError when dst is that big already: the frame is damaged."""
+    most = MAX_RATIO * frame_size + SLACK
+    if dst.size >= most:
+        raise ValueError(f"{frame_size} bytes decompress to more than {most} bytes")
+    return np.empty(min(max(needed + SLACK, 2 * dst.size), most), dtype=np.uint8)
+
+
 def decompress(frame: bytes) -> bytes:
     """One LZ4 frame's content (for tests and tools; readers call `lz4_frame` from kernels)."""
     src = np.frombuffer(frame, dtype=np.uint8)
@@ -309,14 +319,11 @@ def decompress(frame: bytes) -> bytes:
     while True:
         n, status, value = lz4_frame(src, 0, src.size, dst)
         if status == LZ4_NEED_SPACE:
-            if dst.size >= MAX_RATIO * src.size + SLACK:
-                raise ValueError("the LZ4 frame decompresses to more than 256 times its size")
-            most = MAX_RATIO * src.size + SLACK
-            dst = np.empty(min(max(int(value), 2 * dst.size), most), dtype=np.uint8)
+            dst = bigger_output(dst, int(value), src.size)
             continue
         if status != LZ4_OK:
             raise ValueError(LZ4_ERRORS[status].format(value=int(value)))
         return dst[:n].tobytes()
 
 
-__all__ = ["LZ4_ERRORS", "MAX_RATIO", "decompress", "lz4_frame", "xxh32"]
+__all__ = ["LZ4_ERRORS", "MAX_RATIO", "bigger_output", "decompress", "lz4_frame", "xxh32"]
