@@ -40,6 +40,28 @@ def nmnist_1k() -> Path:
     return _require(NMNIST_1K)
 
 
+@pytest.fixture(scope="session")
+def recordings(real_data: Path) -> list[Path]:
+    """The 12 labelled N-MNIST test recordings (34x34, ~300 ms each) the pipeline tests replay."""
+    return sorted((real_data / "atis_bin" / "nmnist_test_first12").glob("*.bin"))
+
+
+@pytest.fixture(scope="session")
+def checkpoint(recordings: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real checkpoint of the small 34x34 net, calibrated on those recordings."""
+    from pipeline_helpers import make_checkpoint
+
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "digits", recordings)
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint: Path):
+    """The checkpoint loaded as a `StreamModel`, one per test module."""
+    from spikecut.pipeline.runner import StreamModel
+
+    return StreamModel.load(checkpoint)
+
+
 MOSQUITTO = shutil.which("mosquitto") or next(
     (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)),
     None,

@@ -10,7 +10,6 @@ import io
 import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,6 @@ from pipeline_helpers import (
     T,
     concatenate,
     cumulative_outputs,
-    make_checkpoint,
     offline_decisions,
     offline_fixed_segments,
     padded_frames,
@@ -36,29 +34,12 @@ from spikecut.pipeline.runner import (
     Segmentation,
     Segmenter,
     Stream,
-    StreamModel,
 )
 from spikecut.pipeline.sinks import StdoutSink
 from spikecut.sources import open_source, read_events, write_events
 from spikecut.sources.events import StreamInfo
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def recordings(real_data: Path) -> list[Path]:
-    """The 12 labelled N-MNIST test recordings (34x34, ~300 ms each)."""
-    return sorted((real_data / "atis_bin" / "nmnist_test_first12").glob("*.bin"))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(recordings, tmp_path_factory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "nmnist", recordings)
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint) -> StreamModel:
-    return StreamModel.load(checkpoint)
 
 
 async def run(model, streams, **options) -> tuple[list, list[Decision]]:

@@ -16,7 +16,6 @@ import pytest
 from pipeline_helpers import (
     T,
     cumulative_outputs,
-    make_checkpoint,
     offline_decisions,
     padded_frames,
 )
@@ -33,16 +32,6 @@ REPO = Path(__file__).resolve().parents[1]
 PREFIX = "test/cli"
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def recordings(real_data: Path) -> list[Path]:
-    return sorted((real_data / "atis_bin" / "nmnist_test_first12").glob("*.bin"))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(recordings, tmp_path_factory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "digits", recordings)
 
 
 @pytest.fixture

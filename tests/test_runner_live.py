@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import io
-from pathlib import Path
 
 import pytest
 from live_peers import DvPeer, free_port
-from pipeline_helpers import concatenate, make_checkpoint
+from pipeline_helpers import concatenate
 from test_mqtt import until
 
 from spikecut.pipeline.decision import Decision
-from spikecut.pipeline.runner import Runner, RunOptions, Segmentation, Stream, StreamModel
+from spikecut.pipeline.runner import Runner, RunOptions, Segmentation, Stream
 from spikecut.pipeline.sinks import StdoutSink
 from spikecut.sources import open_source, read_events, write_events
 from spikecut.sources.events import StreamInfo
@@ -29,9 +28,7 @@ SAME = [
 ]  # fmt: skip
 
 
-async def test_dv_network_stream_decides_like_the_file_replay(real_data: Path, tmp_path):
-    recordings = sorted((real_data / "atis_bin" / "nmnist_test_first12").glob("*.bin"))
-    model = StreamModel.load(make_checkpoint(tmp_path / "model", recordings))
+async def test_dv_network_stream_decides_like_the_file_replay(recordings, model, tmp_path):
     events, _ = concatenate([read_events(p)[0] for p in recordings[:5]], gap_us=45_000)
     path = tmp_path / "five.npz"
     write_events(path, events, StreamInfo(34, 34, "five digits"))

@@ -4,14 +4,13 @@ a broker killed and restarted in the middle of a stream without losing a QoS-1 d
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
-from pipeline_helpers import concatenate, make_checkpoint
+from pipeline_helpers import concatenate
 from test_mqtt import Collector, until
 
 from spikecut.pipeline.decision import Decision, Stats
-from spikecut.pipeline.runner import Runner, RunOptions, Segmentation, Stream, StreamModel
+from spikecut.pipeline.runner import Runner, RunOptions, Segmentation, Stream
 from spikecut.pipeline.sinks import MqttSink
 from spikecut.sources import open_source, read_events, write_events
 from spikecut.sources.events import StreamInfo
@@ -19,16 +18,6 @@ from spikecut.sources.events import StreamInfo
 PREFIX = "test/pipeline"
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture(scope="module")
-def recordings(real_data: Path) -> list[Path]:
-    return sorted((real_data / "atis_bin" / "nmnist_test_first12").glob("*.bin"))
-
-
-@pytest.fixture(scope="module")
-def model(recordings, tmp_path_factory) -> StreamModel:
-    return StreamModel.load(make_checkpoint(tmp_path_factory.mktemp("ckpt") / "m", recordings))
 
 
 async def test_decisions_and_stats_arrive_with_the_schema(mosquitto, recordings, model):
