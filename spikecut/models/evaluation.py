@@ -426,6 +426,16 @@ def evaluate_checkpoint(
 # --- figures -------------------------------------------------------------------------------------
 
 
+def _save(fig: Any, path: Path) -> Path:
+    """Write a report figure and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_report(report: dict[str, Any], out_dir: str | Path, title: str = "") -> list[Path]:
     """accuracy_vs_steps.png, stop_histogram.png and accuracy_vs_t.png in `out_dir`."""
     import matplotlib
@@ -468,10 +478,7 @@ def plot_report(report: dict[str, Any], out_dir: str | Path, title: str = "") ->
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title or "accuracy vs mean timesteps")
-    paths.append(out / "accuracy_vs_steps.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out / "accuracy_vs_steps.png"))
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     eps = report["default_epsilon"]
@@ -485,10 +492,7 @@ def plot_report(report: dict[str, Any], out_dir: str | Path, title: str = "") ->
     ax.set_xticks(t)
     ax.legend()
     ax.set_title(title or "stop timesteps")
-    paths.append(out / "stop_histogram.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out / "stop_histogram.png"))
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     ax.plot(t, [100 * a for a in report["accuracy_per_t"]], "o-")
@@ -497,8 +501,5 @@ def plot_report(report: dict[str, Any], out_dir: str | Path, title: str = "") ->
     ax.set_xticks(t)
     ax.grid(alpha=0.3)
     ax.set_title(title or "accuracy vs t")
-    paths.append(out / "accuracy_vs_t.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out / "accuracy_vs_t.png"))
     return paths
