@@ -108,6 +108,17 @@ PROPHESEE_JITTER_US = 1000
 # State layouts (int64 arrays) are private to each kernel; see the decoder classes.
 
 
+@njit(cache=True, inline="always")
+def _next_base(raw, base, have_base, loops, loop, drop):  # pragma: no cover (compiled)
+    """(time base, loops) after a TIME_HIGH word worth `raw` µs: a base `drop` or more below the
+    previous one means the counter wrapped around once more (EVT 2.0 and 3.0 alike)."""
+    new_base = raw + loops * loop
+    if have_base and base > new_base and base - new_base >= drop:
+        new_base += loop
+        loops += 1
+    return new_base, loops
+
+
 @njit(cache=True, nogil=True)
 def _evt2_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
     """Indices are unsigned: Numba then leaves out negative-index wraparound, whose extra
@@ -146,11 +157,9 @@ def _evt2_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
                 n += _ONE
                 running = noted(running, t, x, y)
             elif kind == 0x8:
-                new_base = ((w & 0x0FFFFFFF) << 6) + loops * _EVT2_LOOP
-                if have_base and base > new_base and base - new_base >= _EVT2_LOOP_DROP:
-                    new_base += _EVT2_LOOP
-                    loops += 1
-                base = new_base
+                base, loops = _next_base(
+                    (w & 0x0FFFFFFF) << 6, base, have_base, loops, _EVT2_LOOP, _EVT2_LOOP_DROP
+                )
                 have_base = 1
             elif kind != 0xA and kind != 0xE and kind != 0xF:
                 status = _BAD
@@ -224,11 +233,9 @@ def _evt3_kernel(words, pos, state, out, track):  # pragma: no cover (compiled)
         elif kind == 0x6:
             t = base + (w & 0xFFF)
         elif kind == 0x8:
-            new_base = ((w & 0xFFF) << 12) + loops * _EVT3_LOOP
-            if have_base and base > new_base and base - new_base >= _EVT3_LOOP_DROP:
-                new_base += _EVT3_LOOP
-                loops += 1
-            base = new_base
+            base, loops = _next_base(
+                (w & 0xFFF) << 12, base, have_base, loops, _EVT3_LOOP, _EVT3_LOOP_DROP
+            )
             t = base
             have_base = 1
         elif kind == 0x3:
