@@ -274,3 +274,14 @@ def test_big_float32_frames_are_the_slot_itself_and_stay_the_receivers() -> None
             window.frames[:] = -1  # the receiver's to scribble on
     received += [w.frames for w in builder.finish()]
     assert np.stack(received).tobytes() == frames_for_recording(events, (640, 480), spec).tobytes()
+
+
+def test_a_window_opened_by_cropped_events_alone_still_needs_a_frame() -> None:
+    """Found by the property test: the last event (t[-1]) sizes the output, but an earlier one
+    opened a later window, whose events all fell outside the ROI. That window is still emitted
+    (empty), so the direct path must decline (the engine grows its output)."""
+    events = make_events([1_000_000, 1_000_001, 1_000_000], [0, 0, 0], [0, 0, 0], [0, 0, 0])
+    spec = WindowSpec(window_us=1, dtype="uint8", polarities=1, max_gap_us=2000, roi=(1, 1, 4, 3))
+    for end in ("emit", "drop"):
+        expected = engine_recording(events, spec, end)
+        assert_same_recording(bin_recording(events, (W, H), spec, end=end, threads=1), expected)

@@ -1744,7 +1744,12 @@ def _direct_run(
             floor = max(floor, lo)
             is_open = True
             stored = limit < 0 or k < limit
-            if stored and k_min <= k < k_max:
+            if stored and not k_min <= k < k_max:
+                # Not ours, or past the output: even if nothing counts in it (all cropped), an
+                # opened window is emitted, so it must be ours and have a frame.
+                status = _DIRECT_CONFLICT if k < k_min else full
+                break
+            if stored:
                 d_state[D_SINK] = _warm(frames[k])
         j = _offset(lut, e)
         if j >= size:
